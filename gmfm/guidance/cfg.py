@@ -1,0 +1,34 @@
+"""Vanilla classifier-free guidance, kept for comparison with probabilistic guidance.
+
+``scale`` follows the usual CFG convention: 1 is the conditional prediction, 0 the unconditional one,
+larger values extrapolate (and, on images, over-saturate).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..math.containers import GaussianMixture
+from ..math.gm_ops import gm_mean
+from ..math.validation import check_float_in
+
+
+def cfg_velocity(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """The usual CFG on a plain flow model's prediction (velocity or x0): uncond + scale (cond - uncond)."""
+    scale = check_float_in("scale", scale, 0.0, float("inf"))
+    if cond.shape != uncond.shape:
+        raise ValueError(f"uncond must have the shape of cond {tuple(cond.shape)}, got {tuple(uncond.shape)}")
+    return uncond + scale * (cond - uncond)
+
+
+def cfg_gm(cond: GaussianMixture, uncond: GaussianMixture, scale: float) -> GaussianMixture:
+    """CFG applied to a GM as in the paper's ablation: shift every component of ``cond`` by
+    (scale - 1) (mean(cond) - mean(uncond)); weights and std are unchanged, so the GM's mean is the
+    CFG-extrapolated mean."""
+    scale = check_float_in("scale", scale, 0.0, float("inf"))
+    if cond.means.shape != uncond.means.shape:
+        raise ValueError(
+            f"uncond must have the shape of cond: {tuple(cond.means.shape)} vs {tuple(uncond.means.shape)}"
+        )
+    shift = (scale - 1.0) * (gm_mean(cond) - gm_mean(uncond))
+    return GaussianMixture(cond.means + shift.unsqueeze(-4), cond.logweights, cond.logstds)

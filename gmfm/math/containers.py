@@ -1,0 +1,165 @@
+"""The two distribution containers every GMFlow operation works on.
+
+Shapes follow the official GMFlow layout, which keeps official checkpoints loadable. ``...`` is any
+number of leading batch dimensions (usually one, ``B``).
+
+``GaussianMixture`` (a per-pixel, factorised GM over a tensor of shape ``(..., C, H, W)``):
+    means       (..., K, C, H, W)   one mean per component, channel and pixel
+    logweights  (..., K, 1, H, W)   log-softmaxed over K; shared by the channels of a pixel
+    logstds     (..., 1, 1, 1, 1)   ONE standard deviation per sample, shared by everything else
+
+``IsoGaussian`` (an isotropic Gaussian per pixel):
+    mean        (..., C, H, W)
+    var         (..., 1, H, W) or (..., 1, 1, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .validation import check_broadcastable, check_finite, check_tensor
+
+
+def _check_common(name: str, values: dict[str, Tensor]) -> None:
+    ref_name, ref = next(iter(values.items()))
+    for key, value in values.items():
+        if value.dtype != ref.dtype:
+            raise ValueError(f"{name}.{key} has dtype {value.dtype} but {name}.{ref_name} has {ref.dtype}")
+        if value.device != ref.device:
+            raise ValueError(f"{name}.{key} is on {value.device} but {name}.{ref_name} is on {ref.device}")
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixture:
+    """A per-pixel Gaussian mixture with one shared isotropic std per sample (see module docstring).
+
+    Construction validates shapes, dtypes and devices and raises ``ValueError`` naming the field.
+    Use :meth:`from_logits` when the weights are unnormalised logits.
+    """
+
+    means: Tensor
+    logweights: Tensor
+    logstds: Tensor
+
+    def __post_init__(self) -> None:
+        means = check_tensor("GaussianMixture.means", self.means, min_dim=4)
+        logweights = check_tensor("GaussianMixture.logweights", self.logweights)
+        logstds = check_tensor("GaussianMixture.logstds", self.logstds)
+        *batch, k, c, h, w = means.shape
+        expected_lw = (*batch, k, 1, h, w)
+        if tuple(logweights.shape) != expected_lw:
+            raise ValueError(
+                f"GaussianMixture.logweights must have shape (..., K, 1, H, W) = {expected_lw} to match means "
+                f"{tuple(means.shape)}, got {tuple(logweights.shape)}"
+            )
+        if logstds.dim() != means.dim() or tuple(logstds.shape[-4:]) != (1, 1, 1, 1):
+            raise ValueError(
+                f"GaussianMixture.logstds must have shape (..., 1, 1, 1, 1) with {means.dim()} dimensions "
+                f"(one std per sample), got {tuple(logstds.shape)}"
+            )
+        check_broadcastable("GaussianMixture.logstds", logstds, batch, 4)
+        _check_common("GaussianMixture", {"means": means, "logweights": logweights, "logstds": logstds})
+
+    @classmethod
+    def from_logits(cls, means: Tensor, logits: Tensor, logstds: Tensor) -> GaussianMixture:
+        """Build a GM from unnormalised component logits (normalised here with log-softmax over K)."""
+        check_tensor("logits", logits, min_dim=4)
+        return cls(means, torch.log_softmax(logits, dim=-4), logstds)
+
+    # ----- shape information -------------------------------------------------------------------------
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.means.shape[:-4]
+
+    @property
+    def event_shape(self) -> torch.Size:
+        """(C, H, W): the shape of one sample."""
+        return self.means.shape[-3:]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[-4]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.means.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    # ----- tensor-like helpers -----------------------------------------------------------------------
+    def map(self, fn: Any) -> GaussianMixture:
+        """Apply ``fn`` to the three tensors (after expanding logstds to the full batch shape)."""
+        logstds = self.logstds.expand(*self.batch_shape, 1, 1, 1, 1)
+        return GaussianMixture(fn(self.means), fn(self.logweights), fn(logstds))
+
+    def to(self, *args: Any, **kwargs: Any) -> GaussianMixture:
+        return GaussianMixture(
+            self.means.to(*args, **kwargs), self.logweights.to(*args, **kwargs), self.logstds.to(*args, **kwargs)
+        )
+
+    def detach(self) -> GaussianMixture:
+        return GaussianMixture(self.means.detach(), self.logweights.detach(), self.logstds.detach())
+
+    def __getitem__(self, index: Any) -> GaussianMixture:
+        """Index the batch dimensions, e.g. ``gm[:4]`` (the index must not reach the K, C, H, W dims)."""
+        return self.map(lambda t: t[index])
+
+    @staticmethod
+    def cat(gms: list[GaussianMixture], dim: int = 0) -> GaussianMixture:
+        """Concatenate mixtures along a batch dimension (``dim`` counts batch dims only, >= 0)."""
+        if not gms:
+            raise ValueError("gms must be a non-empty list of GaussianMixture")
+        if any(g.num_components != gms[0].num_components for g in gms):
+            raise ValueError("gms must all have the same number of components K")
+        full = [g.map(lambda t: t) for g in gms]
+        return GaussianMixture(
+            torch.cat([g.means for g in full], dim),
+            torch.cat([g.logweights for g in full], dim),
+            torch.cat([g.logstds for g in full], dim),
+        )
+
+    def check_finite(self, name: str = "gm") -> GaussianMixture:
+        """Raise ``ValueError`` if any field holds NaN or inf (``-inf`` log-weights are allowed)."""
+        check_finite(f"{name}.means", self.means)
+        check_finite(f"{name}.logstds", self.logstds)
+        lw = self.logweights
+        if bool(torch.isnan(lw).any() or torch.isposinf(lw).any()):
+            raise ValueError(f"{name}.logweights contains NaN or +inf")
+        if bool(torch.isneginf(lw).all(dim=-4).any()):
+            raise ValueError(f"{name}.logweights gives zero weight to every component of some pixel")
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class IsoGaussian:
+    """An isotropic Gaussian per pixel: ``mean`` (..., C, H, W), ``var`` (..., 1, H, W) or (..., 1, 1, 1)."""
+
+    mean: Tensor
+    var: Tensor
+
+    def __post_init__(self) -> None:
+        mean = check_tensor("IsoGaussian.mean", self.mean, min_dim=3)
+        var = check_tensor("IsoGaussian.var", self.var)
+        if var.dim() != mean.dim() or var.shape[-3] != 1:
+            raise ValueError(
+                f"IsoGaussian.var must have shape (..., 1, H, W) or (..., 1, 1, 1) with {mean.dim()} dimensions "
+                f"to match mean {tuple(mean.shape)}, got {tuple(var.shape)}"
+            )
+        for axis in (-2, -1):
+            if var.shape[axis] not in (1, mean.shape[axis]):
+                raise ValueError(
+                    f"IsoGaussian.var spatial size {tuple(var.shape[-2:])} must be 1 or match mean "
+                    f"{tuple(mean.shape[-2:])}"
+                )
+        check_broadcastable("IsoGaussian.var", var, mean.shape[:-3], 3)
+        _check_common("IsoGaussian", {"mean": mean, "var": var})
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.mean.shape[:-3]

@@ -1,0 +1,144 @@
+"""Pure functions over :class:`GaussianMixture` and :class:`IsoGaussian` (SPEC "Operations").
+
+Shapes: ``...`` = batch dims, ``K`` components, ``C`` channels, ``H x W`` pixels. Every pixel of a GM
+is an independent mixture over its C channels; all components of a sample share one std ``s``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .containers import GaussianMixture, IsoGaussian
+from .random import rand, randn
+from .validation import check_broadcastable, check_float_in, check_same_trailing, check_tensor
+
+#: Lower clamp of variance-like denominators, as in the official implementation.
+EPS = 1e-6
+
+
+def _check_sample(name: str, x: Tensor, gm: GaussianMixture) -> None:
+    check_tensor(name, x, min_dim=3)
+    check_same_trailing(name, x, gm.event_shape, "the GM's (C, H, W)")
+    check_broadcastable(name, x, gm.batch_shape, 3)
+
+
+def gm_weights(gm: GaussianMixture) -> Tensor:
+    """Component weights (..., K, 1, H, W). Softmax, so unnormalised log-weights are tolerated."""
+    return torch.softmax(gm.logweights, dim=-4)
+
+
+def gm_mean(gm: GaussianMixture) -> Tensor:
+    """Mean of the mixture, sum_k w_k mu_k: (..., C, H, W)."""
+    return (gm_weights(gm) * gm.means).sum(dim=-4)
+
+
+def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
+    """Moment-matched isotropic Gaussian per pixel.
+
+    mean (..., C, H, W) = sum_k w_k mu_k;
+    var (..., 1, H, W) = mean over channels of sum_k w_k (mu_k - mean)^2, plus s^2.
+    """
+    weights = gm_weights(gm)
+    mean = (weights * gm.means).sum(dim=-4)
+    spread = (gm.means - mean.unsqueeze(-4)).square().mean(dim=-3, keepdim=True)  # (..., K, 1, H, W)
+    var = (weights * spread).sum(dim=-4) + torch.exp(2 * gm.logstds).squeeze(-4)
+    return IsoGaussian(mean, var)
+
+
+def _component_log_likelihoods(gm: GaussianMixture, x: Tensor, max_inv_std: float | None) -> Tensor:
+    """log N(x | mu_k, s^2 I) + log w_k without the 2*pi constant: (..., K, H, W)."""
+    inv_std = torch.exp(-gm.logstds)
+    if max_inv_std is not None:
+        inv_std = inv_std.clamp(max=max_inv_std)
+    z = (x.unsqueeze(-4) - gm.means) * inv_std  # (..., K, C, H, W)
+    channels = gm.event_shape[0]
+    return -0.5 * z.square().sum(dim=-3) - channels * gm.logstds.squeeze(-3) + gm.logweights.squeeze(-3)
+
+
+def gm_log_prob(gm: GaussianMixture, x: Tensor) -> Tensor:
+    """Log density of ``x`` (..., C, H, W) per pixel, summed over channels: (..., H, W)."""
+    _check_sample("x", x, gm)
+    ll = _component_log_likelihoods(gm, x, None)
+    return torch.logsumexp(ll, dim=-3) - 0.5 * gm.event_shape[0] * math.log(2 * math.pi)
+
+
+def gm_nll(gm: GaussianMixture, target: Tensor, max_inv_std: float = 1e4) -> Tensor:
+    """The training NLL of ``target`` (..., C, H, W) per pixel: (..., H, W).
+
+    Official convention: no 2*pi constant, and 1/s clamped at ``max_inv_std`` so that a collapsing std
+    cannot blow up the loss. The training loss is its mean over batch and pixels.
+    """
+    _check_sample("target", target, gm)
+    return -torch.logsumexp(_component_log_likelihoods(gm, target, max_inv_std), dim=-3)
+
+
+def iso_gaussian_mul_iso_gaussian(
+    g1: IsoGaussian, g2: IsoGaussian, power_1: float = 1.0, power_2: float = 1.0, eps: float = EPS
+) -> IsoGaussian:
+    """Normalised product N1^power_1 * N2^power_2 (negative powers give a ratio of Gaussians).
+
+    Precision = p1/v1 + p2/v2, mean = var (p1 m1/v1 + p2 m2/v2); the denominator p1 v2 + p2 v1 is
+    clamped at ``eps`` (official behaviour), so a ratio of equal Gaussians stays finite.
+    """
+    v1, v2 = g1.var, g2.var
+    norm = (power_1 * v2 + power_2 * v1).clamp(min=eps)
+    var = v1 * v2 / norm
+    mean = (power_1 * v2 * g1.mean + power_2 * v1 * g2.mean) / norm
+    return IsoGaussian(mean, var)
+
+
+def gm_mul_iso_gaussian(
+    gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0, gaussian_power: float = 1.0, eps: float = EPS
+) -> GaussianMixture:
+    """Normalised product GM^gm_power * N(g_mean, g_var I)^gaussian_power, which is a GM again.
+
+    ``gaussian.var`` must be one value per sample (..., 1, 1, 1) so that the result keeps one shared std.
+    With r = gaussian_power / gm_power and n = g_var + r s^2:
+    means' = (g_var mu_k + r s^2 g_mean) / n, logweights' = logsoftmax(log w_k - r |mu_k - g_mean|^2 / (2n)),
+    logstd' = logstd + log(g_var)/2 - log(n)/2.
+    """
+    if gaussian.var.shape[-2:] != (1, 1):
+        raise ValueError(
+            f"gaussian.var must be one value per sample, shape (..., 1, 1, 1), got {tuple(gaussian.var.shape)}"
+        )
+    if gm_power == 0:
+        raise ValueError("gm_power must be non-zero")
+    check_same_trailing("gaussian.mean", gaussian.mean, gm.event_shape, "the GM's (C, H, W)")
+    ratio = gaussian_power / gm_power
+    g_mean = gaussian.mean.unsqueeze(-4)  # (..., 1, C, H, W)
+    g_var = gaussian.var.unsqueeze(-4)  # (..., 1, 1, 1, 1)
+    gm_var = torch.exp(2 * gm.logstds)
+    norm = (g_var + ratio * gm_var).clamp(min=eps)
+    diff = gm.means - g_mean
+    means = (g_var * gm.means + (ratio * gm_var) * g_mean) / norm
+    delta = diff.square().sum(dim=-3, keepdim=True) * (-0.5 * ratio / norm)
+    logweights = torch.log_softmax(gm.logweights + delta, dim=-4)
+    logstds = gm.logstds + 0.5 * (torch.log(g_var) - torch.log(norm))
+    return GaussianMixture(means, logweights, logstds)
+
+
+def gm_sample(gm: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:
+    """One sample per GM, (..., C, H, W): a component per pixel by its weight, then Gaussian noise.
+
+    Both draws use ``generator``. A component with zero weight (log-weight -inf) is never chosen.
+    """
+    weights = gm_weights(gm)  # (..., K, 1, H, W)
+    cdf = weights.cumsum(dim=-4)
+    batch = gm.batch_shape
+    channels, height, width = gm.event_shape
+    # Scaling by the total keeps the uniform strictly below the last CDF value despite rounding.
+    u = rand((*batch, 1, 1, height, width), generator, gm.means) * cdf[..., -1:, :, :, :]
+    index = (cdf <= u).sum(dim=-4, keepdim=True).clamp(max=gm.num_components - 1)
+    chosen = gm.means.gather(-4, index.expand(*batch, 1, channels, height, width)).squeeze(-4)
+    noise = randn((*batch, channels, height, width), generator, gm.means)
+    return chosen + torch.exp(gm.logstds).squeeze(-4) * noise
+
+
+def gm_temperature(gm: GaussianMixture, temperature: float) -> GaussianMixture:
+    """GM at a temperature T > 0: weights^(1/T) renormalised, component variance times T (pi-Flow)."""
+    temperature = check_float_in("temperature", temperature, 0.0, math.inf, low_open=True)
+    logweights = torch.log_softmax(gm.logweights / temperature, dim=-4)
+    return GaussianMixture(gm.means, logweights, gm.logstds + 0.5 * math.log(temperature))

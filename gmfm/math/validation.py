@@ -1,0 +1,100 @@
+"""Argument checks shared by the public functions.
+
+Every check raises ``ValueError`` whose message names the argument and what was expected, so that a
+user sees "sigma must lie in [0, 1]" instead of a NaN three calls later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, value: object, *, min_dim: int = 0) -> Tensor:
+    """Return ``value`` if it is a floating-point tensor with at least ``min_dim`` dimensions."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have a floating dtype (float32 or float64), got {value.dtype}")
+    if value.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Raise if ``value`` holds NaN or infinity."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return value
+
+
+def check_same_trailing(name: str, value: Tensor, shape: Sequence[int], what: str) -> None:
+    """Raise unless the last ``len(shape)`` dimensions of ``value`` equal ``shape``."""
+    n = len(shape)
+    if value.dim() < n or tuple(value.shape[value.dim() - n:]) != tuple(shape):
+        raise ValueError(f"{name} must have trailing shape {tuple(shape)} ({what}), got {tuple(value.shape)}")
+
+
+def check_broadcastable(name: str, value: Tensor, batch_shape: Sequence[int], event_dims: int) -> None:
+    """Raise unless the leading (batch) dimensions of ``value`` broadcast to ``batch_shape``."""
+    lead = tuple(value.shape[: value.dim() - event_dims])
+    try:
+        out = torch.broadcast_shapes(lead, tuple(batch_shape))
+    except RuntimeError:
+        out = None
+    if out != tuple(batch_shape):
+        raise ValueError(
+            f"{name} has batch shape {lead}, which does not broadcast to the expected batch shape "
+            f"{tuple(batch_shape)} (full shape {tuple(value.shape)})"
+        )
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float_in(
+    name: str, value: object, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> float:
+    """Check that ``value`` is a finite real number in the given interval (bounds may be open)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+    return float(value)
+
+
+def as_sigma(name: str, sigma: object, batch_shape: Sequence[int], like: Tensor) -> Tensor:
+    """Turn a noise level into a tensor of shape ``batch_shape`` with the dtype and device of ``like``.
+
+    ``sigma`` may be a Python number, a 0-d tensor or a tensor whose shape broadcasts to ``batch_shape``
+    (typically ``(B,)``). It must be finite and lie in [0, 1].
+    """
+    if isinstance(sigma, Tensor):
+        if sigma.dtype not in FLOAT_DTYPES:
+            sigma = sigma.to(like.dtype)
+        check_broadcastable(name, sigma, batch_shape, 0)
+        s = sigma.to(device=like.device, dtype=like.dtype)
+        bad = ~((s >= 0) & (s <= 1))  # also catches NaN
+        if bool(bad.any()):
+            raise ValueError(f"{name} must lie in [0, 1] and be finite, got values outside: {s[bad][:4].tolist()}")
+        return s.expand(tuple(batch_shape))
+    value = check_float_in(name, sigma, 0.0, 1.0)
+    return torch.full(tuple(batch_shape), value, dtype=like.dtype, device=like.device)
+
+
+def pad_right(t: Tensor, ndim: int) -> Tensor:
+    """Append singleton dimensions so that ``t`` broadcasts against tensors with ``ndim`` dimensions."""
+    return t.reshape(*t.shape, *([1] * (ndim - t.dim())))
