@@ -2,6 +2,7 @@
 
 from .containers import GaussianMixture, IsoGaussian
 from .flow import (
+    DenoisingGMConverter,
     convert_denoising_gm,
     convert_denoising_gm_mean,
     euler_step,
@@ -43,6 +44,7 @@ __all__ = [
     "reverse_transition",
     "sde_step",
     "euler_step",
+    "DenoisingGMConverter",
     "convert_denoising_gm",
     "convert_denoising_gm_mean",
 ]

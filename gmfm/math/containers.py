@@ -61,7 +61,8 @@ class GaussianMixture:
                 f"GaussianMixture.logstds must have shape (..., 1, 1, 1, 1) with {means.dim()} dimensions "
                 f"(one std per sample), got {tuple(logstds.shape)}"
             )
-        check_broadcastable("GaussianMixture.logstds", logstds, batch, 4)
+        if tuple(logstds.shape[:-4]) != tuple(batch):
+            check_broadcastable("GaussianMixture.logstds", logstds, batch, 4)
         _check_common("GaussianMixture", {"means": means, "logweights": logweights, "logstds": logstds})
 
     @classmethod
@@ -157,7 +158,8 @@ class IsoGaussian:
                     f"IsoGaussian.var spatial size {tuple(var.shape[-2:])} must be 1 or match mean "
                     f"{tuple(mean.shape[-2:])}"
                 )
-        check_broadcastable("IsoGaussian.var", var, mean.shape[:-3], 3)
+        if var.shape[:-3] != mean.shape[:-3]:
+            check_broadcastable("IsoGaussian.var", var, mean.shape[:-3], 3)
         _check_common("IsoGaussian", {"mean": mean, "var": var})
 
     @property

@@ -8,13 +8,15 @@ shape ``(...)`` (usually ``(B,)``). Images/samples are ``(..., C, H, W)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
 
 from .containers import GaussianMixture, IsoGaussian
-from .gm_ops import EPS
+from .gm_ops import EPS, channel_dot
 from .validation import as_sigma, check_same_trailing, check_tensor, pad_right
 
 Dist = TypeVar("Dist", GaussianMixture, IsoGaussian, Tensor)
@@ -41,9 +43,8 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
         s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim() + 1)
-        return GaussianMixture(
-            x_t.unsqueeze(-4) - s * dist.means, dist.logweights, dist.logstds + torch.log(s.clamp(min=eps))
-        )
+        means = torch.addcmul(x_t.unsqueeze(-4), dist.means, s, value=-1.0)  # x_t - sigma u
+        return GaussianMixture(means, dist.logweights, dist.logstds + torch.log(s.clamp(min=eps)))
     s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim())
     if isinstance(dist, IsoGaussian):
         return IsoGaussian(x_t - s * dist.mean, dist.var * s.square())
@@ -55,8 +56,9 @@ def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     _check_x("x_t", x_t)
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
-        s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim() + 1).clamp(min=eps)
-        return GaussianMixture((x_t.unsqueeze(-4) - dist.means) / s, dist.logweights, dist.logstds - torch.log(s))
+        inv_s = 1 / _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim() + 1).clamp(min=eps)
+        means = torch.addcmul((x_t * inv_s.squeeze(-4)).unsqueeze(-4), dist.means, inv_s, value=-1.0)
+        return GaussianMixture(means, dist.logweights, dist.logstds + torch.log(inv_s))
     s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim()).clamp(min=eps)
     if isinstance(dist, IsoGaussian):
         return IsoGaussian((x_t - dist.mean) / s, dist.var / s.square())
@@ -125,15 +127,16 @@ def reverse_transition(
     c1, c2, c3 = _reverse_coefficients(hi, lo, eps)
     x = x_high.unsqueeze(-4)
     if prediction_type == "u":
-        means_x0 = x - hi * gm.means
+        # c1 x + c2 (x - sigma u) in one fused pass over the means
+        means = torch.addcmul((c1 + c2) * x, gm.means, c2 * hi, value=-1.0)
         x0_scale = hi * c2  # std of x0 = sigma * std of u
     else:
-        means_x0 = gm.means
+        means = torch.addcmul(c1 * x, gm.means, c2)
         x0_scale = c2
     logstds = 0.5 * torch.logaddexp(
         2 * (gm.logstds + torch.log(x0_scale.clamp(min=eps))), torch.log(c3.clamp(min=eps))
     )
-    return GaussianMixture(c1 * x + c2 * means_x0, gm.logweights, logstds)
+    return GaussianMixture(means, gm.logweights, logstds)
 
 
 def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Tensor, eps: float = EPS) -> Tensor:
@@ -159,59 +162,79 @@ def euler_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, eps: fl
     return x_t + (x_t - x0) / s.clamp(min=eps) * (s_to - s)
 
 
-def _conversion_parameters(
-    gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Natural parameters of p(x_tgt | x0) / p(x_src | x0) as a function of x0, and the GM's scale.
+@dataclass(frozen=True, eq=False)
+class DenoisingGMConverter:
+    """Re-condition one x0-GM, predicted at (x_src, sigma_src), on other points (x_tgt, sigma_tgt).
 
-    The ratio is exp(nu . x0 - zeta |x0|^2 / 2) with zeta = (alpha_t/sigma_t)^2 - (alpha_s/sigma_s)^2 and
-    nu = alpha_t x_tgt / sigma_t^2 - alpha_s x_src / sigma_s^2. Multiplying each component N(mu, v) by it
-    gives N((mu + v nu)/d, v/d) with d = 1 + v zeta. This natural form (LakonLab) stays exact when
-    sigma_tgt -> sigma_src, where the moment form divides by ~0.
+    p(x0 | x_tgt) is proportional to p(x0 | x_src) p(x_tgt | x0) / p(x_src | x0) (paper Eq. 10): exact when
+    the x0-GM is, so GM-ODE and GM-SDE substeps need no further network call. The ratio is
+    exp(nu . x0 - zeta |x0|^2 / 2) with zeta = (alpha_t/sigma_t)^2 - (alpha_s/sigma_s)^2 and
+    nu = alpha_t x_tgt / sigma_t^2 - alpha_s x_src / sigma_s^2; each component N(mu, v) becomes
+    N((mu + v nu)/d, v/d), d = 1 + v zeta, reweighted by (mu . nu - zeta |mu|^2 / 2) / d. This natural form
+    (LakonLab) stays exact as sigma_tgt -> sigma_src, where the moment form divides by ~0.
+
+    An immutable value: build it once per network evaluation (it caches |mu_k|^2) and query it at every
+    substep with :meth:`mean` or :meth:`gm`.
     """
-    _check_x("x_src", x_src, gm.event_shape)
-    _check_x("x_tgt", x_tgt, gm.event_shape)
-    batch, ndim = x_src.shape[:-3], x_src.dim()
-    s_src = _sigma_for("sigma_src", sigma_src, batch, x_src, ndim).clamp(min=eps)
-    s_tgt = _sigma_for("sigma_tgt", sigma_tgt, batch, x_src, ndim).clamp(min=eps)
-    a_src = (1 - s_src) / s_src
-    a_tgt = (1 - s_tgt) / s_tgt
-    zeta = (a_tgt.square() - a_src.square()).unsqueeze(-4)  # (..., 1, 1, 1, 1)
-    nu = (a_tgt * x_tgt / s_tgt - a_src * x_src / s_src).unsqueeze(-4)  # (..., 1, C, H, W)
-    var = torch.exp(2 * gm.logstds)
-    denom = (var * zeta + 1).clamp(min=eps)
-    return nu, zeta, denom
 
+    gm: GaussianMixture
+    x_src: Tensor
+    sigma_src: Tensor  # (..., 1, 1, 1), clamped at eps
+    eps: float = EPS
 
-def _converted_means_and_logits(
-    gm: GaussianMixture, nu: Tensor, zeta: Tensor, denom: Tensor
-) -> tuple[Tensor, Tensor]:
-    var = torch.exp(2 * gm.logstds)
-    means = (gm.means + var * nu) / denom
-    delta = (gm.means * (nu - 0.5 * zeta * gm.means)).sum(dim=-3, keepdim=True) / denom
-    return means, gm.logweights + delta
+    @classmethod
+    def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: object, eps: float = EPS) -> DenoisingGMConverter:
+        _check_x("x_src", x_src, gm.event_shape)
+        s = _sigma_for("sigma_src", sigma_src, x_src.shape[:-3], x_src, x_src.dim()).clamp(min=eps)
+        return cls(gm, x_src, s, eps)
+
+    @cached_property
+    def _var(self) -> Tensor:
+        return torch.exp(2 * self.gm.logstds)
+
+    @cached_property
+    def _sq_norms(self) -> Tensor:
+        return channel_dot(self.gm.means, self.gm.means)  # (..., K, 1, H, W)
+
+    def _reweighting(self, x_tgt: Tensor, sigma_tgt: object) -> tuple[Tensor, Tensor, Tensor]:
+        """(nu (..., 1, C, H, W), denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point."""
+        _check_x("x_tgt", x_tgt, self.gm.event_shape)
+        s_src = self.sigma_src
+        s_tgt = _sigma_for("sigma_tgt", sigma_tgt, self.x_src.shape[:-3], self.x_src, self.x_src.dim())
+        s_tgt = s_tgt.clamp(min=self.eps)
+        a_src, a_tgt = (1 - s_src) / s_src, (1 - s_tgt) / s_tgt
+        zeta = (a_tgt.square() - a_src.square()).unsqueeze(-4)
+        nu = (a_tgt / s_tgt * x_tgt - a_src / s_src * self.x_src).unsqueeze(-4)
+        denom = (self._var * zeta + 1).clamp(min=self.eps)
+        logits = self.gm.logweights + (channel_dot(self.gm.means, nu) - 0.5 * zeta * self._sq_norms) / denom
+        return nu, denom, logits
+
+    def mean(self, x_tgt: Tensor, sigma_tgt: object) -> Tensor:
+        """Mean of the re-conditioned x0-GM, (..., C, H, W), without building the GM."""
+        nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
+        weighted = (torch.softmax(logits, dim=-4) * self.gm.means).sum(dim=-4)  # weights sum to 1
+        return (weighted + (self._var * nu).squeeze(-4)) / denom.squeeze(-4)
+
+    def converted(self, x_tgt: Tensor, sigma_tgt: object) -> GaussianMixture:
+        """The full re-conditioned x0-GM (..., K, C, H, W)."""
+        nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
+        means = torch.addcmul(self._var * nu / denom, self.gm.means, 1 / denom)  # (mu + v nu) / d
+        return GaussianMixture(means, torch.log_softmax(logits, dim=-4), self.gm.logstds - 0.5 * torch.log(denom))
 
 
 def convert_denoising_gm(
     gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
 ) -> GaussianMixture:
-    """Re-condition an x0-GM predicted at (x_src, sigma_src) on another point (x_tgt, sigma_tgt).
-
-    p(x0 | x_tgt) is proportional to p(x0 | x_src) p(x_tgt | x0) / p(x_src | x0) (paper Eq. 10): exact
-    when the x0-GM is, so GM-ODE substeps and GM-SDE substeps need no further network call.
-    """
-    nu, zeta, denom = _conversion_parameters(gm, x_src, sigma_src, x_tgt, sigma_tgt, eps)
-    means, logits = _converted_means_and_logits(gm, nu, zeta, denom)
-    return GaussianMixture(means, torch.log_softmax(logits, dim=-4), gm.logstds - 0.5 * torch.log(denom))
+    """Re-condition an x0-GM predicted at (x_src, sigma_src) on (x_tgt, sigma_tgt): see
+    :class:`DenoisingGMConverter`."""
+    return DenoisingGMConverter.create(gm, x_src, sigma_src, eps).converted(x_tgt, sigma_tgt)
 
 
 def convert_denoising_gm_mean(
     gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
 ) -> Tensor:
     """Mean (..., C, H, W) of :func:`convert_denoising_gm`, without building the full GM."""
-    nu, zeta, denom = _conversion_parameters(gm, x_src, sigma_src, x_tgt, sigma_tgt, eps)
-    means, logits = _converted_means_and_logits(gm, nu, zeta, denom)
-    return (torch.softmax(logits, dim=-4) * means).sum(dim=-4)
+    return DenoisingGMConverter.create(gm, x_src, sigma_src, eps).mean(x_tgt, sigma_tgt)
 
 
 __all__ = [
@@ -222,6 +245,7 @@ __all__ = [
     "reverse_transition",
     "sde_step",
     "euler_step",
+    "DenoisingGMConverter",
     "convert_denoising_gm",
     "convert_denoising_gm_mean",
 ]

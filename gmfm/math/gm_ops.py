@@ -35,6 +35,21 @@ def gm_mean(gm: GaussianMixture) -> Tensor:
     return (gm_weights(gm) * gm.means).sum(dim=-4)
 
 
+def channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Inner product over the channel dim -3, kept: (..., 1, H, W) (broadcasting a against b)."""
+    return (a * b).sum(dim=-3, keepdim=True)
+
+
+def _consume_sq_norm(diff: Tensor) -> Tensor:
+    """|diff|^2 over channels, (..., 1, H, W), for a temporary ``diff`` the caller no longer needs.
+
+    Squaring in place saves one full-size allocation (on CPU, fresh large buffers cost page faults
+    comparable to the arithmetic); autograd needs the unsquared values, so then it copies.
+    """
+    squared = diff.square() if diff.requires_grad else diff.square_()
+    return squared.sum(dim=-3, keepdim=True)
+
+
 def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """Moment-matched isotropic Gaussian per pixel.
 
@@ -43,9 +58,8 @@ def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """
     weights = gm_weights(gm)
     mean = (weights * gm.means).sum(dim=-4)
-    spread = (gm.means - mean.unsqueeze(-4)).square().mean(dim=-3, keepdim=True)  # (..., K, 1, H, W)
-    var = (weights * spread).sum(dim=-4) + torch.exp(2 * gm.logstds).squeeze(-4)
-    return IsoGaussian(mean, var)
+    spread = (weights * _consume_sq_norm(gm.means - mean.unsqueeze(-4))).sum(dim=-4) / gm.event_shape[0]
+    return IsoGaussian(mean, spread + torch.exp(2 * gm.logstds).squeeze(-4))
 
 
 def _component_log_likelihoods(gm: GaussianMixture, x: Tensor, max_inv_std: float | None) -> Tensor:
@@ -53,9 +67,9 @@ def _component_log_likelihoods(gm: GaussianMixture, x: Tensor, max_inv_std: floa
     inv_std = torch.exp(-gm.logstds)
     if max_inv_std is not None:
         inv_std = inv_std.clamp(max=max_inv_std)
-    z = (x.unsqueeze(-4) - gm.means) * inv_std  # (..., K, C, H, W)
+    sq_dist = _consume_sq_norm(x.unsqueeze(-4) - gm.means).squeeze(-3)  # (..., K, H, W)
     channels = gm.event_shape[0]
-    return -0.5 * z.square().sum(dim=-3) - channels * gm.logstds.squeeze(-3) + gm.logweights.squeeze(-3)
+    return (gm.logweights.squeeze(-3) - channels * gm.logstds.squeeze(-3)) - 0.5 * inv_std.square().squeeze(-3) * sq_dist
 
 
 def gm_log_prob(gm: GaussianMixture, x: Tensor) -> Tensor:
@@ -83,11 +97,10 @@ def iso_gaussian_mul_iso_gaussian(
     Precision = p1/v1 + p2/v2, mean = var (p1 m1/v1 + p2 m2/v2); the denominator p1 v2 + p2 v1 is
     clamped at ``eps`` (official behaviour), so a ratio of equal Gaussians stays finite.
     """
-    v1, v2 = g1.var, g2.var
-    norm = (power_1 * v2 + power_2 * v1).clamp(min=eps)
-    var = v1 * v2 / norm
-    mean = (power_1 * v2 * g1.mean + power_2 * v1 * g2.mean) / norm
-    return IsoGaussian(mean, var)
+    a, b = power_1 * g2.var, power_2 * g1.var
+    inv_norm = (a + b).clamp(min=eps).reciprocal()
+    mean = torch.addcmul(g1.mean * (a * inv_norm), g2.mean, b * inv_norm)
+    return IsoGaussian(mean, g1.var * g2.var * inv_norm)
 
 
 def gm_mul_iso_gaussian(
@@ -112,9 +125,9 @@ def gm_mul_iso_gaussian(
     g_var = gaussian.var.unsqueeze(-4)  # (..., 1, 1, 1, 1)
     gm_var = torch.exp(2 * gm.logstds)
     norm = (g_var + ratio * gm_var).clamp(min=eps)
-    diff = gm.means - g_mean
-    means = (g_var * gm.means + (ratio * gm_var) * g_mean) / norm
-    delta = diff.square().sum(dim=-3, keepdim=True) * (-0.5 * ratio / norm)
+    # (g_var mu + r s^2 g_mean) / n, written as one fused multiply-add over the big tensor
+    means = torch.addcmul(g_mean * (ratio * gm_var / norm), gm.means, g_var / norm)
+    delta = _consume_sq_norm(gm.means - g_mean) * (-0.5 * ratio / norm)
     logweights = torch.log_softmax(gm.logweights + delta, dim=-4)
     logstds = gm.logstds + 0.5 * (torch.log(g_var) - torch.log(norm))
     return GaussianMixture(means, logweights, logstds)

@@ -83,13 +83,14 @@ def as_sigma(name: str, sigma: object, batch_shape: Sequence[int], like: Tensor)
     (typically ``(B,)``). It must be finite and lie in [0, 1].
     """
     if isinstance(sigma, Tensor):
-        if sigma.dtype not in FLOAT_DTYPES:
-            sigma = sigma.to(like.dtype)
-        check_broadcastable(name, sigma, batch_shape, 0)
+        if tuple(sigma.shape) != tuple(batch_shape):
+            check_broadcastable(name, sigma, batch_shape, 0)
         s = sigma.to(device=like.device, dtype=like.dtype)
-        bad = ~((s >= 0) & (s <= 1))  # also catches NaN
-        if bool(bad.any()):
-            raise ValueError(f"{name} must lie in [0, 1] and be finite, got values outside: {s[bad][:4].tolist()}")
+        if s.numel():
+            low, high = torch.aminmax(s)
+            if not (float(low) >= 0.0 and float(high) <= 1.0):  # NaN fails both comparisons
+                bad = s[~((s >= 0) & (s <= 1))]
+                raise ValueError(f"{name} must be in [0, 1] and finite, got values outside: {bad[:4].tolist()}")
         return s.expand(tuple(batch_shape))
     value = check_float_in(name, sigma, 0.0, 1.0)
     return torch.full(tuple(batch_shape), value, dtype=like.dtype, device=like.device)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..guidance.cfg import cfg_gm
 from ..guidance.probabilistic import GuidanceOutput, probabilistic_guidance
 from ..math.containers import GaussianMixture
-from ..math.flow import convert_denoising_gm, convert_denoising_gm_mean, euler_step, sde_step, u_to_x0
+from ..math.flow import DenoisingGMConverter, euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean, gm_sample
 from ..math.random import randn
 from ..math.validation import check_finite, check_float_in, check_positive_int, check_tensor
@@ -189,15 +189,14 @@ def gmflow_sample(
             )
             x0_gm, previous = corrected.gm, corrected.state
 
-        x_base = x
+        converter = DenoisingGMConverter.create(x0_gm, x, sigma) if substeps > 1 else None
         for j in range(substeps):
             s, s_to = sigmas[first + j], sigmas[first + j + 1]
             if method == "ode":
-                x0 = gm_mean(x0_gm) if j == 0 else convert_denoising_gm_mean(x0_gm, x_base, sigma, x, s)
+                x0 = gm_mean(x0_gm) if j == 0 else converter.mean(x, s)
                 x_next = euler_step(x0, x, s, s_to)
             else:
-                gm_here = x0_gm if j == 0 else convert_denoising_gm(x0_gm, x_base, sigma, x, s)
-                x0 = gm_sample(gm_here, generator)
+                x0 = gm_sample(x0_gm if j == 0 else converter.converted(x, s), generator)
                 x_next = sde_step(x0, x, s, s_to, randn(x.shape, generator, x))
             if j == 0 and return_steps:
                 records.append(GMFlowStep(sigma, x, x0_gm, x0))
