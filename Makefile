@@ -1,4 +1,4 @@
-# Two entry points: `make test` (set up and run the tests) and `make demo` (comes with the 2-D issue).
+# Two entry points: `make demo` (set up and run the main example) and `make test` (set up and run the tests).
 # GPU users pick their own torch build, e.g.:
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 PYTHON ?= python3
@@ -7,23 +7,27 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gmfm-installed
 
-.PHONY: setup test bench clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/oracle_sampling.py --out outputs/demo
 
 # pytest exits with 5 when it collects no tests: not a failure of the project.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q || [ $$? -eq 5 ]
 
+# Not run by CI. Add OFFICIAL=/path/to/Lakonik/GMFlow to time the official ops beside ours.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python benchmarks/bench_core.py $(if $(OFFICIAL),--official-dir $(OFFICIAL))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

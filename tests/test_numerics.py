@@ -43,7 +43,7 @@ def all_outputs(gm: GaussianMixture, x: torch.Tensor, sigma_hi: float, sigma_lo:
     g = torch.Generator().manual_seed(1)
     iso = gm_to_iso_gaussian(gm)
     surrogate = IsoGaussian(iso.mean, iso.var.mean(dim=(-2, -1), keepdim=True))
-    guided = probabilistic_guidance(gm, random_gm(*gm.means.shape, dtype=gm.dtype, seed=3), 0.5).gm
+    guided = probabilistic_guidance(gm, random_gm(*gm.means.shape, dtype=gm.dtype, seed=3).to(gm.device), 0.5).gm
     x0_gm = u_to_x0(gm, x, sigma_hi)
     out = {
         "mean": gm_mean(gm),

@@ -126,15 +126,22 @@ class GaussianMixture:
         )
 
     def check_finite(self, name: str = "gm") -> GaussianMixture:
-        """Raise ``ValueError`` if any field holds NaN or inf (``-inf`` log-weights are allowed)."""
+        """Raise ``ValueError`` if any field holds NaN or inf (``-inf`` log-weights are allowed unless a pixel
+        has no component left). One device synchronisation when everything is fine."""
+        lw = self.logweights
+        ok = (
+            torch.isfinite(self.means).all()
+            & torch.isfinite(self.logstds).all()
+            & ~(torch.isnan(lw) | torch.isposinf(lw)).any()
+            & ~torch.isneginf(lw).all(dim=-4).any()
+        )
+        if bool(ok):
+            return self
         check_finite(f"{name}.means", self.means)
         check_finite(f"{name}.logstds", self.logstds)
-        lw = self.logweights
         if bool(torch.isnan(lw).any() or torch.isposinf(lw).any()):
             raise ValueError(f"{name}.logweights contains NaN or +inf")
-        if bool(torch.isneginf(lw).all(dim=-4).any()):
-            raise ValueError(f"{name}.logweights gives zero weight to every component of some pixel")
-        return self
+        raise ValueError(f"{name}.logweights gives zero weight to every component of some pixel")
 
 
 @dataclass(frozen=True, eq=False)

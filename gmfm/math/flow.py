@@ -8,6 +8,7 @@ shape ``(...)`` (usually ``(B,)``). Images/samples are ``(..., C, H, W)``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeVar
@@ -17,13 +18,38 @@ from torch import Tensor
 
 from .containers import GaussianMixture, IsoGaussian
 from .gm_ops import EPS, channel_dot
-from .validation import as_sigma, check_same_trailing, check_tensor, pad_right
+from .validation import Level, as_level, check_same_trailing, check_tensor
 
 Dist = TypeVar("Dist", GaussianMixture, IsoGaussian, Tensor)
 
+def _for_gm(level: Level) -> Level:
+    """The same level broadcastable against GM tensors (..., K, C, H, W)."""
+    return level.unsqueeze(-4) if isinstance(level, Tensor) else level
 
-def _sigma_for(name: str, sigma: object, batch_shape: torch.Size, like: Tensor, ndim: int) -> Tensor:
-    return pad_right(as_sigma(name, sigma, batch_shape, like), ndim)
+
+def _clamp_min(value: Level, minimum: float) -> Level:
+    return value.clamp(min=minimum) if isinstance(value, Tensor) else max(value, minimum)
+
+
+def _log(value: Level) -> Level:
+    return torch.log(value) if isinstance(value, Tensor) else math.log(value)
+
+
+def _sqrt_nonneg(value: Level) -> Level:
+    """sqrt(max(value, 0)): rounding can make a zero variance slightly negative; never return NaN."""
+    return value.clamp(min=0).sqrt() if isinstance(value, Tensor) else math.sqrt(max(value, 0.0))
+
+
+def _fma(base: Tensor, x: Tensor, scale: Level) -> Tensor:
+    """base + scale * x as one fused kernel over the large tensor ``x``."""
+    if isinstance(scale, Tensor):
+        return torch.addcmul(base, x, scale)
+    return torch.add(base, x, alpha=scale)
+
+
+def _any_above(a: Level, b: Level) -> bool:
+    above = a > b
+    return bool(above.any()) if isinstance(above, Tensor) else bool(above)
 
 
 def _check_x(name: str, x: Tensor, event_shape: torch.Size | None = None) -> Tensor:
@@ -40,37 +66,37 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     (..., C, H, W)). For distributions, stds scale by sigma (clamped at ``eps`` inside the log).
     """
     _check_x("x_t", x_t)
+    s = as_level("sigma", sigma, x_t)
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
-        s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim() + 1)
-        means = torch.addcmul(x_t.unsqueeze(-4), dist.means, s, value=-1.0)  # x_t - sigma u
-        return GaussianMixture(means, dist.logweights, dist.logstds + torch.log(s.clamp(min=eps)))
-    s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim())
+        s_gm = _for_gm(s)
+        means = _fma(x_t.unsqueeze(-4), dist.means, -s_gm)
+        return GaussianMixture(means, dist.logweights, dist.logstds + _log(_clamp_min(s_gm, eps)))
     if isinstance(dist, IsoGaussian):
-        return IsoGaussian(x_t - s * dist.mean, dist.var * s.square())
-    return x_t - s * check_tensor("dist", dist)
+        return IsoGaussian(_fma(x_t, dist.mean, -s), dist.var * s**2)
+    return _fma(x_t, check_tensor("dist", dist), -s)
 
 
 def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     """Inverse of :func:`u_to_x0`: u = (x_t - x0) / sigma, sigma clamped at ``eps``."""
     _check_x("x_t", x_t)
+    inv_s = 1 / _clamp_min(as_level("sigma", sigma, x_t), eps)
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
-        inv_s = 1 / _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim() + 1).clamp(min=eps)
-        means = torch.addcmul((x_t * inv_s.squeeze(-4)).unsqueeze(-4), dist.means, inv_s, value=-1.0)
-        return GaussianMixture(means, dist.logweights, dist.logstds + torch.log(inv_s))
-    s = _sigma_for("sigma", sigma, x_t.shape[:-3], x_t, x_t.dim()).clamp(min=eps)
+        inv_gm = _for_gm(inv_s)
+        means = _fma((x_t * inv_s).unsqueeze(-4), dist.means, -inv_gm)
+        return GaussianMixture(means, dist.logweights, dist.logstds + _log(inv_gm))
     if isinstance(dist, IsoGaussian):
-        return IsoGaussian((x_t - dist.mean) / s, dist.var / s.square())
-    return (x_t - check_tensor("dist", dist)) / s
+        return IsoGaussian(_fma(x_t * inv_s, dist.mean, -inv_s), dist.var * inv_s**2)
+    return _fma(x_t * inv_s, check_tensor("dist", dist), -inv_s)
 
 
 def forward_diffusion(x0: Tensor, sigma: object, noise: Tensor) -> Tensor:
     """x_t = (1 - sigma) x0 + sigma noise."""
     _check_x("x0", x0)
     _check_x("noise", noise, x0.shape[-3:])
-    s = _sigma_for("sigma", sigma, x0.shape[:-3], x0, x0.dim())
-    return (1 - s) * x0 + s * noise
+    s = as_level("sigma", sigma, x0)
+    return _fma((1 - s) * x0, noise, s)
 
 
 def forward_transition(x_low: Tensor, sigma_low: object, sigma_high: object, noise: Tensor) -> Tensor:
@@ -80,28 +106,27 @@ def forward_transition(x_low: Tensor, sigma_low: object, sigma_high: object, noi
     """
     _check_x("x_low", x_low)
     _check_x("noise", noise, x_low.shape[-3:])
-    lo = _sigma_for("sigma_low", sigma_low, x_low.shape[:-3], x_low, x_low.dim())
-    hi = _sigma_for("sigma_high", sigma_high, x_low.shape[:-3], x_low, x_low.dim())
-    if bool((hi < lo).any()):
+    lo = as_level("sigma_low", sigma_low, x_low)
+    hi = as_level("sigma_high", sigma_high, x_low)
+    if _any_above(lo, hi):
         raise ValueError("sigma_high must be >= sigma_low for a forward transition")
-    ratio = (1 - hi) / (1 - lo).clamp(min=EPS)
-    std = (hi.square() - (ratio * lo).square()).clamp(min=0).sqrt()
-    return ratio * x_low + std * noise
+    ratio = (1 - hi) / _clamp_min(1 - lo, EPS)
+    return _fma(ratio * x_low, noise, _sqrt_nonneg(hi**2 - (ratio * lo) ** 2))
 
 
-def _reverse_coefficients(sigma_high: Tensor, sigma_low: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _reverse_coefficients(sigma_high: Level, sigma_low: Level, eps: float) -> tuple[Level, Level, Level]:
     """(c1, c2, c3) of q(x_low | x_high, x0) = N(c1 x_high + c2 x0, c3 I) (paper Eq. 9)."""
-    sigma_ratio = sigma_low / sigma_high.clamp(min=eps)
-    alpha_ratio = (1 - sigma_high) / (1 - sigma_low).clamp(min=eps)
-    beta_over_sigma_sq = 1 - (sigma_ratio * alpha_ratio).square()
-    c1 = sigma_ratio.square() * alpha_ratio
+    sigma_ratio = sigma_low / _clamp_min(sigma_high, eps)
+    alpha_ratio = (1 - sigma_high) / _clamp_min(1 - sigma_low, eps)
+    beta_over_sigma_sq = 1 - (sigma_ratio * alpha_ratio) ** 2
+    c1 = sigma_ratio**2 * alpha_ratio
     c2 = beta_over_sigma_sq * (1 - sigma_low)
-    c3 = beta_over_sigma_sq * sigma_low.square()
+    c3 = beta_over_sigma_sq * sigma_low**2
     return c1, c2, c3
 
 
-def _check_order(sigma_high: Tensor, sigma_low: Tensor) -> None:
-    if bool((sigma_low > sigma_high).any()):
+def _check_order(sigma_high: Level, sigma_low: Level) -> None:
+    if _any_above(sigma_low, sigma_high):
         raise ValueError("sigma_low must be <= sigma_high (sampling moves towards the data, sigma = 0)")
 
 
@@ -120,23 +145,22 @@ def reverse_transition(
     if prediction_type not in ("u", "x0"):
         raise ValueError(f"prediction_type must be 'u' or 'x0', got {prediction_type!r}")
     _check_x("x_high", x_high, gm.event_shape)
-    batch, ndim = x_high.shape[:-3], x_high.dim() + 1
-    hi = _sigma_for("sigma_high", sigma_high, batch, x_high, ndim)
-    lo = _sigma_for("sigma_low", sigma_low, batch, x_high, ndim)
+    hi = _for_gm(as_level("sigma_high", sigma_high, x_high))
+    lo = _for_gm(as_level("sigma_low", sigma_low, x_high))
     _check_order(hi, lo)
     c1, c2, c3 = _reverse_coefficients(hi, lo, eps)
     x = x_high.unsqueeze(-4)
     if prediction_type == "u":
-        # c1 x + c2 (x - sigma u) in one fused pass over the means
-        means = torch.addcmul((c1 + c2) * x, gm.means, c2 * hi, value=-1.0)
+        means = _fma((c1 + c2) * x, gm.means, -(c2 * hi))  # c1 x + c2 (x - sigma u), one pass over the means
         x0_scale = hi * c2  # std of x0 = sigma * std of u
     else:
-        means = torch.addcmul(c1 * x, gm.means, c2)
+        means = _fma(c1 * x, gm.means, c2)
         x0_scale = c2
-    logstds = 0.5 * torch.logaddexp(
-        2 * (gm.logstds + torch.log(x0_scale.clamp(min=eps))), torch.log(c3.clamp(min=eps))
-    )
-    return GaussianMixture(means, gm.logweights, logstds)
+    var_part = 2 * (gm.logstds + _log(_clamp_min(x0_scale, eps)))
+    noise_part = _log(_clamp_min(c3, eps))
+    if not isinstance(noise_part, Tensor):
+        noise_part = torch.full_like(var_part, noise_part)
+    return GaussianMixture(means, gm.logweights, 0.5 * torch.logaddexp(var_part, noise_part))
 
 
 def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Tensor, eps: float = EPS) -> Tensor:
@@ -144,22 +168,20 @@ def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Te
     _check_x("x_t", x_t)
     _check_x("x0", x0, x_t.shape[-3:])
     _check_x("noise", noise, x_t.shape[-3:])
-    batch, ndim = x_t.shape[:-3], x_t.dim()
-    hi = _sigma_for("sigma", sigma, batch, x_t, ndim)
-    lo = _sigma_for("sigma_to", sigma_to, batch, x_t, ndim)
+    hi = as_level("sigma", sigma, x_t)
+    lo = as_level("sigma_to", sigma_to, x_t)
     _check_order(hi, lo)
     c1, c2, c3 = _reverse_coefficients(hi, lo, eps)
-    return c1 * x_t + c2 * x0 + c3.sqrt() * noise
+    return _fma(_fma(c1 * x_t, x0, c2), noise, _sqrt_nonneg(c3))
 
 
 def euler_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, eps: float = EPS) -> Tensor:
     """Flow-ODE Euler step from an x0 prediction: x_to = x_t + (x_t - x0)/sigma (sigma_to - sigma)."""
     _check_x("x_t", x_t)
     _check_x("x0", x0, x_t.shape[-3:])
-    batch, ndim = x_t.shape[:-3], x_t.dim()
-    s = _sigma_for("sigma", sigma, batch, x_t, ndim)
-    s_to = _sigma_for("sigma_to", sigma_to, batch, x_t, ndim)
-    return x_t + (x_t - x0) / s.clamp(min=eps) * (s_to - s)
+    s = as_level("sigma", sigma, x_t)
+    s_to = as_level("sigma_to", sigma_to, x_t)
+    return _fma(x_t, x_t - x0, (s_to - s) / _clamp_min(s, eps))
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,20 +195,19 @@ class DenoisingGMConverter:
     N((mu + v nu)/d, v/d), d = 1 + v zeta, reweighted by (mu . nu - zeta |mu|^2 / 2) / d. This natural form
     (LakonLab) stays exact as sigma_tgt -> sigma_src, where the moment form divides by ~0.
 
-    An immutable value: build it once per network evaluation (it caches |mu_k|^2) and query it at every
-    substep with :meth:`mean` or :meth:`gm`.
+    An immutable value: build it with :meth:`create` once per network evaluation (it caches |mu_k|^2)
+    and query it at every substep with :meth:`mean` or :meth:`converted`.
     """
 
     gm: GaussianMixture
     x_src: Tensor
-    sigma_src: Tensor  # (..., 1, 1, 1), clamped at eps
+    sigma_src: Level  # clamped at eps
     eps: float = EPS
 
     @classmethod
     def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: object, eps: float = EPS) -> DenoisingGMConverter:
         _check_x("x_src", x_src, gm.event_shape)
-        s = _sigma_for("sigma_src", sigma_src, x_src.shape[:-3], x_src, x_src.dim()).clamp(min=eps)
-        return cls(gm, x_src, s, eps)
+        return cls(gm, x_src, _clamp_min(as_level("sigma_src", sigma_src, x_src), eps), eps)
 
     @cached_property
     def _var(self) -> Tensor:
@@ -196,15 +217,20 @@ class DenoisingGMConverter:
     def _sq_norms(self) -> Tensor:
         return channel_dot(self.gm.means, self.gm.means)  # (..., K, 1, H, W)
 
+    @cached_property
+    def _src_precision(self) -> Level:
+        return ((1 - self.sigma_src) / self.sigma_src) ** 2  # (alpha_s / sigma_s)^2
+
+    @cached_property
+    def _src_term(self) -> Tensor:
+        return self.x_src * ((1 - self.sigma_src) / self.sigma_src**2)  # alpha_s x_src / sigma_s^2
+
     def _reweighting(self, x_tgt: Tensor, sigma_tgt: object) -> tuple[Tensor, Tensor, Tensor]:
         """(nu (..., 1, C, H, W), denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point."""
         _check_x("x_tgt", x_tgt, self.gm.event_shape)
-        s_src = self.sigma_src
-        s_tgt = _sigma_for("sigma_tgt", sigma_tgt, self.x_src.shape[:-3], self.x_src, self.x_src.dim())
-        s_tgt = s_tgt.clamp(min=self.eps)
-        a_src, a_tgt = (1 - s_src) / s_src, (1 - s_tgt) / s_tgt
-        zeta = (a_tgt.square() - a_src.square()).unsqueeze(-4)
-        nu = (a_tgt / s_tgt * x_tgt - a_src / s_src * self.x_src).unsqueeze(-4)
+        s_tgt = _clamp_min(as_level("sigma_tgt", sigma_tgt, self.x_src), self.eps)
+        zeta = _for_gm((1 - s_tgt) ** 2 / s_tgt**2 - self._src_precision)
+        nu = _fma(-self._src_term, x_tgt, (1 - s_tgt) / s_tgt**2).unsqueeze(-4)
         denom = (self._var * zeta + 1).clamp(min=self.eps)
         logits = self.gm.logweights + (channel_dot(self.gm.means, nu) - 0.5 * zeta * self._sq_norms) / denom
         return nu, denom, logits
@@ -213,7 +239,7 @@ class DenoisingGMConverter:
         """Mean of the re-conditioned x0-GM, (..., C, H, W), without building the GM."""
         nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
         weighted = (torch.softmax(logits, dim=-4) * self.gm.means).sum(dim=-4)  # weights sum to 1
-        return (weighted + (self._var * nu).squeeze(-4)) / denom.squeeze(-4)
+        return torch.addcmul(weighted, nu.squeeze(-4), self._var.squeeze(-4)) / denom.squeeze(-4)
 
     def converted(self, x_tgt: Tensor, sigma_tgt: object) -> GaussianMixture:
         """The full re-conditioned x0-GM (..., K, C, H, W)."""

@@ -123,14 +123,14 @@ def gm_mul_iso_gaussian(
     ratio = gaussian_power / gm_power
     g_mean = gaussian.mean.unsqueeze(-4)  # (..., 1, C, H, W)
     g_var = gaussian.var.unsqueeze(-4)  # (..., 1, 1, 1, 1)
-    gm_var = torch.exp(2 * gm.logstds)
-    norm = (g_var + ratio * gm_var).clamp(min=eps)
-    # (g_var mu + r s^2 g_mean) / n, written as one fused multiply-add over the big tensor
-    means = torch.addcmul(g_mean * (ratio * gm_var / norm), gm.means, g_var / norm)
-    delta = _consume_sq_norm(gm.means - g_mean) * (-0.5 * ratio / norm)
+    scaled_gm_var = ratio * torch.exp(2 * gm.logstds)
+    inv_norm = (g_var + scaled_gm_var).clamp(min=eps).reciprocal()  # 1 / n
+    keep = g_var * inv_norm  # g_var / n
+    # (g_var mu + r s^2 g_mean) / n as one fused multiply-add over the big tensor
+    means = torch.addcmul(g_mean * (scaled_gm_var * inv_norm), gm.means, keep)
+    delta = _consume_sq_norm(gm.means - g_mean) * (inv_norm * (-0.5 * ratio))
     logweights = torch.log_softmax(gm.logweights + delta, dim=-4)
-    logstds = gm.logstds + 0.5 * (torch.log(g_var) - torch.log(norm))
-    return GaussianMixture(means, logweights, logstds)
+    return GaussianMixture(means, logweights, gm.logstds + 0.5 * torch.log(keep))
 
 
 def gm_sample(gm: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -99,3 +100,16 @@ def as_sigma(name: str, sigma: object, batch_shape: Sequence[int], like: Tensor)
 def pad_right(t: Tensor, ndim: int) -> Tensor:
     """Append singleton dimensions so that ``t`` broadcasts against tensors with ``ndim`` dimensions."""
     return t.reshape(*t.shape, *([1] * (ndim - t.dim())))
+
+
+#: A validated noise level: a Python float (scalar arithmetic, no device work) or a tensor shaped to
+#: broadcast against the samples, (..., 1, 1, 1).
+Level = Union[float, Tensor]
+
+
+def as_level(name: str, sigma: object, x: Tensor) -> Level:
+    """Check a noise level for samples ``x`` (..., C, H, W): numbers stay floats, per-sample tensors
+    (batch shape ``...``) become (..., 1, 1, 1). Values must be finite and in [0, 1]."""
+    if isinstance(sigma, Tensor) and sigma.dim() > 0:
+        return pad_right(as_sigma(name, sigma, x.shape[:-3], x), x.dim())
+    return check_float_in(name, sigma, 0.0, 1.0)

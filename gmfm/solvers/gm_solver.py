@@ -77,8 +77,7 @@ def concat_conditions(cond: Any, uncond: Any) -> Any:
 def _call_denoiser(
     denoiser: Denoiser, x_t: Tensor, sigma: float, condition: Any, step: int, verify: bool
 ) -> tuple[GaussianMixture, Tensor]:
-    sigma_vec = torch.full((x_t.shape[0],), sigma, dtype=x_t.dtype, device=x_t.device)
-    gm = denoiser(x_t, sigma_vec, condition)
+    gm = denoiser(x_t, torch.full((x_t.shape[0],), sigma, dtype=x_t.dtype, device=x_t.device), condition)
     if not isinstance(gm, GaussianMixture):
         raise ValueError(f"the denoiser must return a GaussianMixture, got {type(gm).__name__}")
     if gm.batch_shape != x_t.shape[:1] or gm.event_shape != x_t.shape[1:]:
@@ -89,7 +88,7 @@ def _call_denoiser(
     gm = gm.to(x_t.dtype)
     if verify:
         gm.check_finite(f"denoiser output at step {step} (sigma={sigma:.4g})")
-    return gm, sigma_vec
+    return gm
 
 
 @torch.no_grad()
@@ -169,8 +168,9 @@ def gmflow_sample(
         first = i * substeps
         sigma = sigmas[first]
         x_in = torch.cat([x, x]) if guided else x
-        gm_u, sigma_in = _call_denoiser(denoiser, x_in, sigma, denoiser_condition, i, check_outputs)
-        x0_gm = u_to_x0(gm_u, x_in, sigma_in)
+        # Noise levels stay Python floats on this path: no device synchronisation for argument checks.
+        gm_u = _call_denoiser(denoiser, x_in, sigma, denoiser_condition, i, check_outputs)
+        x0_gm = u_to_x0(gm_u, x_in, sigma)
 
         guidance: GuidanceOutput | None = None
         if guided:
@@ -182,10 +182,9 @@ def gmflow_sample(
                 x0_gm = guidance.gm
 
         if order == 2:
-            sigma_vec = sigma_in[:batch]
-            h = sigma_vec - sigmas[first + substeps]  # the last step has sigma_next = 0, so h = sigma
+            h = sigma - sigmas[first + substeps]  # the last step has sigma_next = 0, so h = sigma
             corrected = second_order_correction(
-                x0_gm, x, sigma_vec, h, previous, guidance, guidance_scale, second_order_coefs
+                x0_gm, x, sigma, h, previous, guidance, guidance_scale, second_order_coefs
             )
             x0_gm, previous = corrected.gm, corrected.state
 

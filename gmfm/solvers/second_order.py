@@ -19,7 +19,7 @@ from ..guidance.probabilistic import GuidanceOutput, pixel_averaged_gaussian, re
 from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import convert_denoising_gm_mean
 from ..math.gm_ops import gm_mean
-from ..math.validation import pad_right
+from ..math.validation import as_level
 
 #: Official damping coefficients (ca, cb) of the 2nd-order mean difference.
 DEFAULT_COEFS = (0.005, 1.0)
@@ -32,14 +32,14 @@ class SecondOrderState:
 
     gm:    the step's x0-GM after guidance, before its own correction (B, K, C, H, W).
     x_t:   the step's input (B, C, H, W).
-    sigma: its noise level (B,).
-    h:     its step size in sigma, sigma_i - sigma_{i+1} (B,).
+    sigma: its noise level, a number or (B,).
+    h:     its step size in sigma, sigma_i - sigma_{i+1}, a number or (B,).
     """
 
     gm: GaussianMixture
     x_t: Tensor
-    sigma: Tensor
-    h: Tensor
+    sigma: float | Tensor
+    h: float | Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,8 +55,8 @@ class SecondOrderOutput:
 def second_order_correction(
     gm: GaussianMixture,
     x_t: Tensor,
-    sigma: Tensor,
-    h: Tensor,
+    sigma: float | Tensor,
+    h: float | Tensor,
     previous: SecondOrderState | None,
     guidance: GuidanceOutput | None = None,
     guidance_scale: float = 0.0,
@@ -66,7 +66,8 @@ def second_order_correction(
 
     Args:
         gm: the step's x0-GM (after guidance if any), (B, K, C, H, W).
-        x_t: (B, C, H, W); sigma, h: (B,) current noise level and step size (h = sigma on the last step).
+        x_t: (B, C, H, W); sigma, h: current noise level and step size (h = sigma on the last step), numbers
+            or (B,) tensors.
         previous: the state returned by the previous step, or None at the first step (then only stores).
         guidance: the step's probabilistic-guidance output, if guided: the correction then reweights the
             conditional GM once with the guidance bias and the 2nd-order bias together.
@@ -88,10 +89,10 @@ def second_order_correction(
 
     mean_from_previous = convert_denoising_gm_mean(previous.gm, previous.x_t, previous.sigma, x_t, sigma)
     ca, cb = coefs
-    h_prev = pad_right(previous.h, x_t.dim())
-    k = 0.5 * pad_right(h, x_t.dim()) / h_prev
+    h_prev = as_level("previous.h", previous.h, x_t)
+    k = 0.5 * as_level("h", h, x_t) / h_prev
     noise_power = avg_var * ((guidance_scale * cb) ** 2 + ca)
-    damping = (1 - noise_power / h_prev.square()).clamp(min=0).sqrt()
+    damping = (1 - noise_power / h_prev**2).clamp(min=0).sqrt()
     bias = (mean_now - mean_from_previous) * (damping * k)
     if extra_bias is not None:
         bias = bias + extra_bias
