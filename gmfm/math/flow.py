@@ -261,17 +261,3 @@ def convert_denoising_gm_mean(
 ) -> Tensor:
     """Mean (..., C, H, W) of :func:`convert_denoising_gm`, without building the full GM."""
     return DenoisingGMConverter.create(gm, x_src, sigma_src, eps).mean(x_tgt, sigma_tgt)
-
-
-__all__ = [
-    "u_to_x0",
-    "x0_to_u",
-    "forward_diffusion",
-    "forward_transition",
-    "reverse_transition",
-    "sde_step",
-    "euler_step",
-    "DenoisingGMConverter",
-    "convert_denoising_gm",
-    "convert_denoising_gm_mean",
-]
