@@ -1,0 +1,82 @@
+"""Seconds per training iteration of GMFlow (K = 64, transition loss) vs its flow-matching twin (K = 1, L2).
+
+    python benchmarks/bench_train_step.py [--device cpu] [--batch-size 1024] [--iterations 60]
+
+Same 5 x 512 MLP, batch, optimizer (Adam) and data for both; the target is GMFlow <= 1.1 x FM. Writes
+benchmarks/results/train_step.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, write_results  # noqa: E402
+
+from gmfm.cli.toy2d import Toy2DRecipe, build_model, make_batch_fn, make_loss  # noqa: E402
+from gmfm.data import make_toy_dataset  # noqa: E402
+from gmfm.models import MLP2DConfig  # noqa: E402
+from gmfm.training import make_optimizer, step_generator  # noqa: E402
+
+
+def seconds_per_iter(kind: str, batch_size: int, iterations: int, device: str) -> float:
+    recipe = Toy2DRecipe(kind=kind, model=MLP2DConfig(num_components=64))
+    data = make_toy_dataset("checkerboard")
+    model = build_model(recipe, data).to(device)
+    loss_fn, batch_fn = make_loss(recipe, data), make_batch_fn(data, batch_size)
+    optimizer = make_optimizer(model, recipe.train)
+
+    def step(i: int) -> None:
+        g = step_generator(0, i)
+        batch = {k: v.to(device) for k, v in batch_fn(i, g).items()}
+        loss = loss_fn(model, batch, g).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):
+        step(i)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for i in range(iterations):
+        step(5 + i)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - tic) / iterations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--iterations", type=int, default=60, help="timed iterations per model (after 5 warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    args = parser.parse_args()
+    times = {"gmflow": [], "fm": []}
+    for _ in range(args.rounds):  # alternate so both see the same machine state
+        for kind in times:
+            times[kind].append(seconds_per_iter(kind, args.batch_size, args.iterations, args.device))
+    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    ratio = median["gmflow"] / median["fm"]
+    payload = {"device": args.device, "batch_size": args.batch_size, "seconds_per_iter": median,
+               "all_rounds": times, "ratio_gmflow_over_fm": ratio, "target_ratio": 1.1, "met": ratio <= 1.1}
+    md = ("| model | seconds / iteration |\n|---|---:|\n"
+          f"| GMFlow (K = 64, transition loss) | {median['gmflow']:.4f} |\n"
+          f"| flow matching (K = 1, L2) | {median['fm']:.4f} |\n\n"
+          f"Ratio GMFlow / FM: {ratio:.3f} (target <= 1.1: {'met' if ratio <= 1.1 else 'NOT met'}); 5 x 512 MLP, "
+          f"batch {args.batch_size}, Adam, median of {args.rounds} alternating rounds of {args.iterations} "
+          f"iterations on {args.device}.\n")
+    _, md_path = write_results("train_step" + ("" if args.device == "cpu" else f"_{args.device}"), payload, md,
+                               Path(args.out))
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()

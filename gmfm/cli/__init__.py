@@ -1,0 +1,1 @@
+"""The ``gmfm`` command line and the experiments it runs."""

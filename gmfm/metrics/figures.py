@@ -1,0 +1,104 @@
+"""Figures people look at: grids of 2-D sample histograms (paper Fig. 2) and metric-vs-NFE plots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histogram_image(points: Tensor, extent: float, bins: int | None = None) -> np.ndarray:
+    """A (bins, bins) density image in [0, 1] of 2-D points, y upwards; 1 is three times the mean cell count.
+
+    ``bins`` defaults to sqrt(N / 4), clipped to [32, 200], so that sparse samples still look like a density.
+    """
+    x = points.reshape(-1, 2).double().cpu().numpy()
+    x = x[np.isfinite(x).all(axis=1)]
+    if bins is None:
+        bins = int(np.clip(np.sqrt(len(points) / 4), 32, 200))
+    hist, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=[[-extent, extent], [-extent, extent]])
+    scale = 3 * max(len(points), 1) / (bins * bins)
+    return (hist.T[::-1] / scale).clip(0, 1)
+
+
+def save_histogram_grid(
+    cells: Sequence[Sequence[Tensor | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    extent: float = 4.0,
+    title: str | None = None,
+    bins: int | None = None,
+) -> Path:
+    """Save a grid of histograms: ``cells[row][col]`` is a point cloud (N, 2) or None (left blank)."""
+    plt = _pyplot()
+    rows, cols = len(row_labels), len(col_labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 2.0 * rows + (0.5 if title else 0.2)),
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cells[r][c] is not None:
+                ax.imshow(histogram_image(cells[r][c], extent, bins), cmap="viridis", vmin=0, vmax=1,
+                          interpolation="nearest")
+            else:
+                ax.set_facecolor("white")
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_metric_plot(
+    series: Mapping[str, Mapping[int, float]],
+    path: str | Path,
+    ylabel: str,
+    floor: float | None = None,
+    title: str | None = None,
+    log_y: bool = False,
+) -> Path:
+    """Save a metric-vs-NFE line plot: ``series[name][nfe] = value``; ``floor`` draws the noise floor."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in series.items():
+        nfes = sorted(values)
+        style = "-o" if name.startswith("gm") else "--s"
+        ax.plot(nfes, [values[n] for n in nfes], style, label=name, markersize=4)
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle=":", label="data noise floor")
+    ax.set_xscale("log", base=2)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

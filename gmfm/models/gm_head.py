@@ -1,0 +1,87 @@
+"""The GM output head: turns any backbone's features into a u-GM (paper Sec. 3.1, Fig. 4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..math.containers import GaussianMixture
+
+
+class GMOutputHead(nn.Module):
+    """Predict K x C means and K logits per pixel, and one shared log-std per sample.
+
+    Args:
+        in_features: F, the backbone's feature size (per pixel for images).
+        out_channels: C, channels of the modelled variable.
+        num_components: K (K = 1 with an L2 loss is plain flow matching).
+        logstd: where the shared log-std comes from:
+            "embedding": a small MLP (SiLU, ``logstd_hidden`` wide, ``logstd_layers`` layers) on the
+                stop-gradient time/condition embedding, last layer zero-initialised (paper Fig. 4);
+            "features": a zero-initialised linear layer on the (pixel-averaged) features (the official
+                2-D MLP);
+            a float: a constant log-std (not learned).
+        embed_dim: size of the embedding (needed for "embedding").
+
+    The logit layer is zero-initialised, so training starts from equal component weights.
+
+    Call: ``head(features, embedding)`` with features (B, F) or (B, F, H, W) and embedding (B, E) or
+    None; returns the u-GM (B, K, C, 1, 1) or (B, K, C, H, W).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_channels: int,
+        num_components: int,
+        logstd: str | float = "embedding",
+        embed_dim: int | None = None,
+        logstd_hidden: int = 256,
+        logstd_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if num_components < 1 or out_channels < 1:
+            raise ValueError("num_components and out_channels must be >= 1")
+        self.num_components, self.out_channels = num_components, out_channels
+        self.means = nn.Linear(in_features, num_components * out_channels)
+        self.logits = nn.Linear(in_features, num_components)
+        nn.init.zeros_(self.logits.weight)
+        nn.init.zeros_(self.logits.bias)
+        self.logstd_source = logstd if isinstance(logstd, str) else "constant"
+        if self.logstd_source == "embedding":
+            if embed_dim is None:
+                raise ValueError("embed_dim is required when logstd='embedding'")
+            layers: list[nn.Module] = []
+            width = embed_dim
+            for _ in range(logstd_layers - 1):
+                layers += [nn.Linear(width, logstd_hidden), nn.SiLU()]
+                width = logstd_hidden
+            layers.append(nn.Linear(width, 1))
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+            self.logstd_net = nn.Sequential(*layers)
+        elif self.logstd_source == "features":
+            self.logstd_net = nn.Linear(in_features, 1)
+            nn.init.zeros_(self.logstd_net.weight)
+            nn.init.zeros_(self.logstd_net.bias)
+        elif self.logstd_source == "constant":
+            self.register_buffer("constant_logstd", torch.tensor(float(logstd)))
+        else:
+            raise ValueError(f"logstd must be 'embedding', 'features' or a number, got {logstd!r}")
+
+    def forward(self, features: Tensor, embedding: Tensor | None = None) -> GaussianMixture:
+        pixels = features.dim() == 4
+        feats = features.permute(0, 2, 3, 1) if pixels else features[:, None, None, :]  # (B, H, W, F)
+        batch, height, width = feats.shape[:3]
+        k, c = self.num_components, self.out_channels
+        means = self.means(feats).reshape(batch, height, width, k, c).permute(0, 3, 4, 1, 2)
+        logits = self.logits(feats).reshape(batch, height, width, k, 1).permute(0, 3, 4, 1, 2)
+        if self.logstd_source == "embedding":
+            if embedding is None:
+                raise ValueError("embedding is required by a head with logstd='embedding'")
+            logstds = self.logstd_net(embedding.detach())  # stop-gradient input (paper Fig. 4)
+        elif self.logstd_source == "features":
+            logstds = self.logstd_net(feats.mean(dim=(1, 2)))
+        else:
+            logstds = self.constant_logstd.to(means.dtype).expand(batch, 1)
+        return GaussianMixture.from_logits(means.contiguous(), logits.contiguous(), logstds.reshape(batch, 1, 1, 1, 1))

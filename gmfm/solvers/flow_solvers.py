@@ -1,0 +1,154 @@
+"""Baseline solvers for plain flow-matching models, on the same time grid and call contract as the GM solvers.
+
+A velocity model is ``model(x_t (B, C, H, W), sigma (B,), condition) -> u (B, C, H, W)``; a GMFlow
+denoiser becomes one through :func:`mean_velocity` (its GM mean is the flow-matching velocity).
+
+- ``euler``: the flow ODE, Euler steps (the official FlowEulerODE);
+- ``ddpm_small`` / ``ddpm_large``: ancestral DDPM steps with the posterior (small) or the prior-matched
+  (large) variance, as the official GMFlowSDE scheduler in ``mean`` mode;
+- ``dpmpp2m``, ``dpmpp2m_sde``, ``unipc``: diffusers' DPMSolverMultistepScheduler (DPM++ 2M, DPM++ 2M SDE)
+  and UniPCMultistepScheduler (bh2, order 2) with flow sigmas and ``flow_prediction``.
+
+The multistep solvers work in log-SNR, which is -inf at sigma = 1; their first noise level is therefore
+1 - 1/1000 (diffusers' own flow grid starts there too). The others start at sigma = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..guidance.cfg import cfg_velocity
+from ..math.containers import GaussianMixture
+from ..math.flow import euler_step, sde_step, u_to_x0
+from ..math.gm_ops import gm_mean
+from ..math.random import randn
+from ..math.validation import check_finite, check_float_in, check_positive_int, check_tensor
+from .gm_solver import concat_conditions
+from .timesteps import flow_sigmas
+
+VelocityModel = Callable[[Tensor, Tensor, Any], Tensor]
+FLOW_SOLVERS = ("euler", "ddpm_small", "ddpm_large", "dpmpp2m", "dpmpp2m_sde", "unipc")
+#: First noise level of the log-SNR multistep solvers.
+MULTISTEP_SIGMA_MAX = 1.0 - 1.0 / 1000
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSampleOutput:
+    """sample: (B, C, H, W) at sigma = 0; x0_predictions: one (B, C, H, W) per evaluation if requested."""
+
+    sample: Tensor
+    x0_predictions: list[Tensor] | None = None
+
+
+def mean_velocity(denoiser: Callable) -> VelocityModel:
+    """Wrap a denoiser as a velocity model: a returned u-GM becomes its mean (the flow-matching velocity,
+    so GMFlow models run with the baseline solvers too); a returned tensor passes through."""
+
+    def velocity(x_t: Tensor, sigma: Tensor, condition: Any = None) -> Tensor:
+        out = denoiser(x_t, sigma, condition)
+        return gm_mean(out) if isinstance(out, GaussianMixture) else out
+
+    return velocity
+
+
+def _ddpm_large_std(sigma: float, sigma_to: float) -> float:
+    """Std of the 'large variance' DDPM step in flow time (official GMFlowSDE, variance_mode="large")."""
+    alpha, alpha_to = 1 - sigma, 1 - sigma_to
+    ratio = (sigma_to / max(sigma, 1e-6)) * (alpha / max(alpha_to, 1e-6))
+    sqrt_beta = max(1 - ratio**2, 0.0) ** 0.5 * sigma
+    return sqrt_beta * ((alpha_to**2 + sigma_to**2) / max(alpha**2 + sigma**2, 1e-6)) ** 0.5
+
+
+def _diffusers_scheduler(solver: str, sigmas: Tensor):
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    common = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                  solver_order=2, final_sigmas_type="zero")
+    if solver == "unipc":
+        scheduler = UniPCMultistepScheduler(**common, solver_type="bh2")
+    else:
+        algorithm = "dpmsolver++" if solver == "dpmpp2m" else "sde-dpmsolver++"
+        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type=algorithm)
+    steps = len(sigmas) - 1
+    scheduler.set_timesteps(steps)
+    # Our grid (float32, as diffusers keeps it), not diffusers' own spacing.
+    sigmas = sigmas.clone()
+    sigmas[0] = min(float(sigmas[0]), MULTISTEP_SIGMA_MAX)
+    scheduler.sigmas = sigmas.float()
+    scheduler.timesteps = sigmas[:-1].float() * 1000
+    scheduler.set_begin_index(0)
+    return scheduler
+
+
+@torch.no_grad()
+def flow_sample(
+    model: VelocityModel,
+    noise: Tensor,
+    steps: int,
+    *,
+    solver: str = "euler",
+    shift: float = 1.0,
+    condition: Any = None,
+    uncond_condition: Any = None,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_x0: bool = False,
+    progress: bool = False,
+) -> FlowSampleOutput:
+    """Sample a plain flow model with a baseline solver from noise at sigma = 1.
+
+    Args:
+        model: ``(x_t, sigma (B',), condition) -> u``; under CFG called once per step on [cond; uncond].
+        noise: (B, C, H, W). steps: network evaluations >= 1. solver: one of :data:`FLOW_SOLVERS`.
+        shift: time shift of the grid (as for the GM solvers).
+        cfg_scale: classifier-free guidance u_uncond + scale (u_cond - u_uncond); 1 disables it.
+        generator: drives the noise of the stochastic solvers.
+    """
+    check_tensor("noise", noise, min_dim=4)
+    if noise.dim() != 4:
+        raise ValueError(f"noise must have shape (B, C, H, W), got {tuple(noise.shape)}")
+    check_finite("noise", noise)
+    check_positive_int("steps", steps)
+    if solver not in FLOW_SOLVERS:
+        raise ValueError(f"solver must be one of {FLOW_SOLVERS}, got {solver!r}")
+    cfg_scale = check_float_in("cfg_scale", cfg_scale, 0.0, float("inf"))
+    guided = cfg_scale != 1.0
+    if guided and uncond_condition is None:
+        raise ValueError("uncond_condition is required when cfg_scale != 1")
+    model_condition = concat_conditions(condition, uncond_condition) if guided else condition
+
+    grid = flow_sigmas(steps, shift)
+    multistep = solver in ("dpmpp2m", "dpmpp2m_sde", "unipc")
+    scheduler = _diffusers_scheduler(solver, grid) if multistep else None
+    sigmas = scheduler.sigmas.double().tolist() if multistep else grid.tolist()
+    batch = noise.shape[0]
+    x = noise
+    x0_predictions: list[Tensor] = []
+    for i in tqdm(range(steps), disable=not progress, desc=f"flow sampling ({solver})"):
+        sigma, sigma_to = sigmas[i], sigmas[i + 1]
+        x_in = torch.cat([x, x]) if guided else x
+        u = model(x_in, torch.full((x_in.shape[0],), sigma, dtype=x.dtype, device=x.device), model_condition)
+        u = u.to(x.dtype)
+        if guided:
+            u = cfg_velocity(u[:batch], u[batch:], cfg_scale)
+        if return_x0:
+            x0_predictions.append(u_to_x0(u, x, sigma))
+        if scheduler is not None:
+            extra = {"variance_noise": randn(x.shape, generator, x)} if solver == "dpmpp2m_sde" else {}
+            x = scheduler.step(u, scheduler.timesteps[i], x, return_dict=False, **extra)[0]
+        elif solver == "euler":
+            x = euler_step(u_to_x0(u, x, sigma), x, sigma, sigma_to)
+        else:
+            x0 = u_to_x0(u, x, sigma)
+            z = randn(x.shape, generator, x)
+            if solver == "ddpm_small":
+                x = sde_step(x0, x, sigma, sigma_to, z)
+            else:  # large: the same mean, the prior-matched std
+                x = sde_step(x0, x, sigma, sigma_to, torch.zeros_like(x)) + _ddpm_large_std(sigma, sigma_to) * z
+    return FlowSampleOutput(x, x0_predictions if return_x0 else None)
