@@ -97,7 +97,7 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
         load_checkpoint(truncated)
     other = GMFlowMLP2D(num_components=8, hidden_dim=32, num_layers=2)
     with pytest.raises(ValueError, match=r"a.safetensors does not match the GMFlowMLP2D \(model\): shape mismatch "
-                                         r"head.means.weight: checkpoint \(8, 32\) vs model \(16, 32\)"):
+                                         r"head.proj.weight: checkpoint \(13, 32\) vs model \(25, 32\)"):
         load_checkpoint(path).load_into(other)
     deeper = GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=3)
     with pytest.raises(ValueError, match=r"missing \['net.4.bias', 'net.4.weight'\]"):

@@ -6,14 +6,36 @@ user sees "sigma must lie in [0, 1]" instead of a NaN three calls later.
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Union
 
 import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_VALUE_CHECKS = contextvars.ContextVar("gmfm_value_checks", default=True)
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn the checks of tensor *values* (noise levels in [0, 1], their order) on or off in a block.
+
+    Those checks read values back from the device, which synchronises a GPU. Code that builds its noise
+    levels itself (the training losses) turns them off; shape, dtype and argument checks always run.
+    """
+    token = _VALUE_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    return _VALUE_CHECKS.get()
 
 
 def check_tensor(name: str, value: object, *, min_dim: int = 0) -> Tensor:
@@ -87,7 +109,7 @@ def as_sigma(name: str, sigma: object, batch_shape: Sequence[int], like: Tensor)
         if tuple(sigma.shape) != tuple(batch_shape):
             check_broadcastable(name, sigma, batch_shape, 0)
         s = sigma.to(device=like.device, dtype=like.dtype)
-        if s.numel():
+        if s.numel() and value_checks_enabled():
             low, high = torch.aminmax(s)
             if not (float(low) >= 0.0 and float(high) <= 1.0):  # NaN fails both comparisons
                 bad = s[~((s >= 0) & (s <= 1))]

@@ -62,10 +62,7 @@ class GMFlowMLP2D(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        # the head's zero initialisation, undone by the loop above
-        nn.init.zeros_(self.head.logits.weight)
-        if self.head.logstd_source == "features":
-            nn.init.zeros_(self.head.logstd_net.weight)
+        self.head.zero_init_()  # undone by the loop above
 
     def forward(self, x_t: Tensor, sigma: object, labels: Tensor | None = None) -> GaussianMixture:
         if x_t.dim() != 4 or x_t.shape[1:] != (2, 1, 1):

@@ -210,8 +210,9 @@ def train(
             group["lr"] = lr
         output = loss_fn(model, batch, generator)
         loss = output.loss
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteLossError(_stop_message("loss", float(loss.detach()), step, result.checkpoint))
+        loss_value = float(loss.detach())  # the one read-back of the loss per step
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(_stop_message("loss", loss_value, step, result.checkpoint))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.grad_clip if (config.grad_clip is not None and step >= config.grad_clip_begin) else math.inf
@@ -223,13 +224,13 @@ def train(
             ema.update(model, config.ema_beta(step))
 
         done = step + 1
-        result.losses[step] = output.logs["loss"]
+        result.losses[step] = loss_value
         result.step = done
-        window.append(output.logs["loss"])
+        window.append(loss_value)
         if done % config.log_every == 0 or done == config.iterations:
             row = {"step": done, "loss": sum(window) / len(window), "lr": lr, "grad_norm": grad_norm,
                    "seconds_per_iter": (time.perf_counter() - tic) / len(window),
-                   **{k: v for k, v in output.logs.items() if k != "loss"}}
+                   **{k: float(v) for k, v in output.logs.items() if k != "loss"}}
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if log is not None:
                 log.write(row)
