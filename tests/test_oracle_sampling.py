@@ -128,13 +128,16 @@ def test_gm_ode_one_evaluation_matches_fine_euler_on_image_data():
     assert err.mean() < 1e-2 and torch.quantile(err, 0.95) < 1e-2, (err.mean(), err.max())
 
 
-def test_gm_sde_on_image_data_matches_per_pixel_moments():
+@pytest.mark.parametrize("spectral", [False, True])
+def test_gm_sde_on_image_data_matches_per_pixel_moments(spectral):
+    """Also with spectral sampling: a flat (white) spectrum keeps every pixel's marginal exact."""
     g = torch.Generator().manual_seed(4)
     means = torch.randn(1, 3, 2, 3, 3, generator=g, dtype=torch.float64) * 2
     logits = torch.randn(1, 3, 1, 3, 3, generator=g, dtype=torch.float64)
     oracle = AnalyticGMDenoiser(means, logits, math.log(0.3))
     noise = torch.randn(8000, 2, 3, 3, generator=g, dtype=torch.float64)
-    x = gmflow_sample(oracle, noise, 3, method="sde", order=2, generator=g).sample
+    spectrum = (lambda gaussian: torch.zeros_like(gaussian.mean)) if spectral else None
+    x = gmflow_sample(oracle, noise, 3, method="sde", order=2, spectrum=spectrum, generator=g).sample
     w = torch.softmax(logits[0], 0)  # (K, 1, H, W)
     mean = (w * means[0]).sum(0)
     var = (w * means[0].square()).sum(0) - mean.square() + 0.09

@@ -30,6 +30,7 @@ class GuidanceOutput:
                    pixels, (..., 1, 1, 1).
     bias:          the applied mean shift (..., C, H, W).
     avg_var:       v_c averaged over C, H, W: (..., 1, 1, 1).
+    target:        the Gaussian N(mu_c + bias, v_c (1 - w^2)) the guided GM was moved to.
     """
 
     gm: GaussianMixture
@@ -37,6 +38,7 @@ class GuidanceOutput:
     cond_gaussian: IsoGaussian
     bias: Tensor
     avg_var: Tensor
+    target: IsoGaussian
 
 
 def pixel_averaged_gaussian(gm: GaussianMixture) -> IsoGaussian:
@@ -79,7 +81,7 @@ def probabilistic_guidance(
     surrogate = pixel_averaged_gaussian(cond)
     avg_var = _mean_over_event(surrogate.var)
     if w == 0.0:
-        return GuidanceOutput(cond, cond, surrogate, torch.zeros_like(surrogate.mean), avg_var)
+        return GuidanceOutput(cond, cond, surrogate, torch.zeros_like(surrogate.mean), avg_var, surrogate)
 
     mu_c = surrogate.mean
     bias = mu_c - gm_mean(uncond)
@@ -89,4 +91,4 @@ def probabilistic_guidance(
     bias_power = _mean_over_event(bias.square()).clamp(min=_POWER_EPS)
     bias = bias * (w * torch.sqrt(avg_var / bias_power))
     target = IsoGaussian(mu_c + bias, surrogate.var * (1.0 - w * w))
-    return GuidanceOutput(reweight_towards(cond, surrogate, target), cond, surrogate, bias, avg_var)
+    return GuidanceOutput(reweight_towards(cond, surrogate, target), cond, surrogate, bias, avg_var, target)

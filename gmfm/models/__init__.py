@@ -1,4 +1,4 @@
-"""Denoisers that return a u-GM: the analytic oracle, the GM output head and the 2-D MLP."""
+"""Denoisers that return a u-GM: the analytic oracle, the GM output head, the 2-D MLP, GM-DiT (+ SpectrumMLP)."""
 
 from .analytic import AnalyticGMDenoiser
 from .embeddings import position_embedding, timestep_embedding
@@ -8,8 +8,19 @@ from .mlp2d import GMFlowMLP2D, MLP2DConfig
 __all__ = [
     "AnalyticGMDenoiser",
     "GMOutputHead",
+    "GMDiTTransformer2DModel",
+    "SpectrumMLP",
     "GMFlowMLP2D",
     "MLP2DConfig",
     "timestep_embedding",
     "position_embedding",
 ]
+
+
+def __getattr__(name: str):
+    # GM-DiT needs diffusers' transformer blocks: import them only when asked for (keeps `import gmfm` light)
+    if name in ("GMDiTTransformer2DModel", "SpectrumMLP"):
+        from . import gmdit
+
+        return getattr(gmdit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

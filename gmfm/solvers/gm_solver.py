@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from ..guidance.cfg import cfg_gm
 from ..guidance.probabilistic import GuidanceOutput, probabilistic_guidance
-from ..math.containers import GaussianMixture
+from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import DenoisingGMConverter, euler_step, sde_step, u_to_x0
-from ..math.gm_ops import gm_mean, gm_sample
+from ..math.gm_ops import gm_mean, gm_sample, gm_to_iso_gaussian
+from ..math.spectral import spectral_gm_sample
 from ..math.random import randn
 from ..math.validation import check_finite, check_float_in, check_positive_int, check_tensor
 from .second_order import DEFAULT_COEFS, SecondOrderState, second_order_correction
@@ -107,6 +108,7 @@ def gmflow_sample(
     orthogonal_guidance: float = 1.0,
     cfg_scale: float | None = None,
     second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
+    spectrum: Callable[[IsoGaussian], Tensor] | None = None,
     generator: torch.Generator | None = None,
     return_steps: bool = False,
     progress: bool = False,
@@ -132,6 +134,8 @@ def gmflow_sample(
         cfg_scale: vanilla CFG on the GM instead (shift all component means; 1 = conditional only),
             for comparison; cannot be combined with ``guidance_scale``.
         second_order_coefs: (ca, cb) damping coefficients of order 2.
+        spectrum: GM-SDE only: maps the step's x0 Gaussian to the log power spectrum (B, C, H, W) of the
+            sampling noise (e.g. a :class:`gmfm.models.SpectrumMLP`); x0 is then drawn by spectral sampling.
         generator: drives every random draw (GM sampling and SDE noise).
         return_steps: also return one :class:`GMFlowStep` per evaluation.
         progress: show a progress bar.
@@ -147,6 +151,8 @@ def gmflow_sample(
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     if method not in ("sde", "ode"):
         raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
+    if spectrum is not None and method != "sde":
+        raise ValueError("spectrum (spectral sampling) applies to method='sde' only")
     guidance_scale = check_float_in("guidance_scale", guidance_scale, 0.0, 1.0, high_open=True)
     check_float_in("orthogonal_guidance", orthogonal_guidance, 0.0, 1.0)
     if cfg_scale is not None:
@@ -187,6 +193,9 @@ def gmflow_sample(
                 x0_gm, x, sigma, h, previous, guidance, guidance_scale, second_order_coefs
             )
             x0_gm, previous = corrected.gm, corrected.state
+        step_gaussian = corrected.gaussian if order == 2 else None
+        if step_gaussian is None and guidance is not None:
+            step_gaussian = guidance.target
 
         converter = DenoisingGMConverter.create(x0_gm, x, sigma) if substeps > 1 else None
         for j in range(substeps):
@@ -195,7 +204,11 @@ def gmflow_sample(
                 x0 = gm_mean(x0_gm) if j == 0 else converter.mean(x, s)
                 x_next = euler_step(x0, x, s, s_to)
             else:
-                x0 = gm_sample(x0_gm if j == 0 else converter.converted(x, s), generator)
+                if j == 0 and spectrum is not None:  # spectral sampling: pixels correlated by the spectrum
+                    gaussian = step_gaussian if step_gaussian is not None else gm_to_iso_gaussian(x0_gm)
+                    x0 = spectral_gm_sample(x0_gm, spectrum(gaussian).to(x.dtype), generator)
+                else:
+                    x0 = gm_sample(x0_gm if j == 0 else converter.converted(x, s), generator)
                 x_next = sde_step(x0, x, s, s_to, randn(x.shape, generator, x))
             if j == 0 and return_steps:
                 records.append(GMFlowStep(sigma, x, x0_gm, x0))

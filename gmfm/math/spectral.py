@@ -1,0 +1,175 @@
+"""Spectral sampling (paper Sec. 3.4, App. A.3): correlated GM samples through a Knothe-Rosenblatt map.
+
+The per-pixel GM of an image has independent pixels; a learned power spectrum correlates them:
+
+1. draw Gaussian noise whose (real + imaginary part of the orthonormal 2-D FFT) has per-frequency
+   log-variance ``log_power`` (:func:`spectral_noise`);
+2. push every pixel's noise vector through the Knothe-Rosenblatt (KR) map of that pixel's GM
+   (:func:`gaussian_to_gm_kr`): in a per-sample rotated channel basis (the eigenvectors of the
+   pixel-averaged channel covariance), channel by channel, each coordinate is the 1-D inverse CDF of its
+   conditional GM at the normal CDF of the noise.
+
+:func:`gm_to_gaussian_kr` is the inverse map (used by the spectral loss). The 1-D inverse CDF is a
+safeguarded Newton iteration in plain PyTorch (the official code has a CUDA kernel): Newton steps that
+would leave the current bracket are replaced by bisection, so it converges for any mixture.
+
+Shapes: GM (B, K, C, H, W); samples and noise (B, C, H, W); ``log_power`` (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .containers import GaussianMixture
+from .gm_ops import gm_weights
+from .random import randn
+from .validation import check_same_trailing, check_tensor
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """CDF and density of 1-D mixtures at ``x``.
+
+    means, logweights (..., K, H, W) (log-weights normalised over K); logstds broadcastable to them;
+    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W).
+    """
+    inv_std = torch.exp(-logstds)
+    z = (x.unsqueeze(-3) - means) * inv_std
+    weights = torch.exp(logweights)
+    cdf = 0.5 * (1 + (weights * torch.erf(z / _SQRT2)).sum(dim=-3))
+    pdf = torch.exp(logweights - 0.5 * z.square() - logstds).sum(dim=-3) / math.sqrt(2 * math.pi)
+    return cdf.clamp(0.0, 1.0), pdf
+
+
+def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tensor, steps: int = 32) -> Tensor:
+    """Solve F(x) = u for 1-D mixtures (shapes as in :func:`gm1d_cdf_pdf`), u in (0, 1).
+
+    Starts from the moment-matched Gaussian's quantile; every mixture component's CDF lies below u at
+    min_k mu_k + s Phi^-1(u) and above it at max_k mu_k + s Phi^-1(u), which brackets the root. Each
+    iteration takes a Newton step, or bisects when the step would leave the bracket; it stops when every
+    step is below 100 machine epsilons of the component std (or after ``steps`` iterations).
+    """
+    std = torch.exp(logstds).squeeze(-3)
+    weights = torch.exp(logweights)
+    z = _SQRT2 * torch.erfinv((2 * u - 1).clamp(-1 + 1e-7, 1 - 1e-7))
+    lo = means.amin(dim=-3) + std * z
+    hi = means.amax(dim=-3) + std * z
+    mean = (weights * means).sum(dim=-3)
+    var = (weights * (means - mean.unsqueeze(-3)).square()).sum(dim=-3) + std.square()
+    x = torch.minimum(torch.maximum(mean + var.sqrt() * z, lo), hi)
+    tol = 100 * torch.finfo(x.dtype).eps * std
+    for _ in range(steps):
+        cdf, pdf = gm1d_cdf_pdf(means, logstds, logweights, x)
+        below = cdf < u
+        lo = torch.where(below, x, lo)
+        hi = torch.where(below, hi, x)
+        newton = x - (cdf - u) / pdf.clamp(min=1e-30)
+        inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
+        x_next = torch.where(inside, newton, 0.5 * (lo + hi))
+        done = bool(((x_next - x).abs() <= tol).all())
+        x = x_next
+        if done:
+            break
+    return x
+
+
+def _rotation(gm: GaussianMixture) -> Tensor:
+    """(..., C, C) orthonormal channel basis per sample: eigenvectors (largest eigenvalue first) of the
+    channel covariance of the per-pixel moment-matched Gaussians, averaged over pixels (official
+    "axis-aligned" KR)."""
+    with torch.no_grad():
+        w = gm_weights(gm)  # (..., K, 1, H, W)
+        mean = (w * gm.means).sum(dim=-4, keepdim=True)
+        d = gm.means - mean  # (..., K, C, H, W)
+        cov = torch.einsum("...kchw,...kdhw->...cd", w * d, d) / (d.shape[-1] * d.shape[-2])
+        channels = gm.means.shape[-3]
+        cov = cov + torch.exp(2 * gm.logstds).reshape(*gm.batch_shape, 1, 1) * torch.eye(
+            channels, dtype=cov.dtype, device=cov.device)
+        _, vecs = torch.linalg.eigh(cov.double())
+        return vecs.flip(-1).to(gm.dtype)
+
+
+def _rotate_means(gm: GaussianMixture, rotation: Tensor) -> Tensor:
+    return torch.einsum("...kchw,...cd->...kdhw", gm.means, rotation)
+
+
+def _conditional_logweights(gm: GaussianMixture, means_rot: Tensor, y: Tensor, axis: int,
+                            accumulated: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Log-weights (..., K, H, W) of the components given coordinates y_0 .. y_{axis-1}."""
+    logw = gm.logweights.squeeze(-3)
+    if axis == 0:
+        return logw, torch.zeros_like(logw)
+    z = (y[..., axis - 1, :, :].unsqueeze(-3) - means_rot[..., axis - 1, :, :]) * torch.exp(-gm.logstds.squeeze(-3))
+    accumulated = accumulated - 0.5 * z.square()
+    return torch.log_softmax(logw + accumulated, dim=-3), accumulated
+
+
+def gaussian_to_gm_kr(gm: GaussianMixture, noise: Tensor, steps: int = 32) -> Tensor:
+    """Map standard-normal noise (..., C, H, W) (in the KR basis) to samples of the per-pixel GM."""
+    check_tensor("noise", noise, min_dim=3)
+    check_same_trailing("noise", noise, gm.event_shape, "the GM's (C, H, W)")
+    rotation = _rotation(gm)
+    means_rot = _rotate_means(gm, rotation)
+    u = 0.5 * (1 + torch.erf(noise / _SQRT2))
+    ys: list[Tensor] = []
+    accumulated = None
+    for axis in range(gm.event_shape[0]):
+        y_so_far = torch.stack(ys, dim=-3) if ys else None
+        logw, accumulated = _conditional_logweights(gm, means_rot, y_so_far, axis, accumulated)
+        ys.append(gm1d_inverse_cdf(means_rot[..., axis, :, :], gm.logstds.squeeze(-3), logw, u[..., axis, :, :],
+                                   steps))
+    y = torch.stack(ys, dim=-3)
+    return torch.einsum("...dhw,...cd->...chw", y, rotation)
+
+
+def gm_to_gaussian_kr(gm: GaussianMixture, samples: Tensor, eps: float = 1e-6) -> Tensor:
+    """The inverse map: samples of the per-pixel GM (..., C, H, W) -> standard normal (KR basis)."""
+    check_tensor("samples", samples, min_dim=3)
+    check_same_trailing("samples", samples, gm.event_shape, "the GM's (C, H, W)")
+    rotation = _rotation(gm)
+    means_rot = _rotate_means(gm, rotation)
+    y = torch.einsum("...chw,...cd->...dhw", samples, rotation)
+    zs = []
+    accumulated = None
+    for axis in range(gm.event_shape[0]):
+        logw, accumulated = _conditional_logweights(gm, means_rot, y, axis, accumulated)
+        cdf, _ = gm1d_cdf_pdf(means_rot[..., axis, :, :], gm.logstds.squeeze(-3), logw, y[..., axis, :, :])
+        zs.append(_SQRT2 * torch.erfinv((2 * cdf - 1).clamp(-1 + eps, 1 - eps)))
+    return torch.stack(zs, dim=-3)
+
+
+def spectral_coefficients(x: Tensor) -> Tensor:
+    """Real + imaginary part of the orthonormal 2-D FFT over (H, W): a real, orthonormal transform."""
+    f = torch.fft.fft2(x, norm="ortho")
+    return f.real + f.imag
+
+
+def spectral_noise(log_power: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise (..., C, H, W) whose :func:`spectral_coefficients` are independent with
+    log-variance ``log_power``. With log_power = 0 it is white standard-normal noise."""
+    check_tensor("log_power", log_power, min_dim=2)
+    s = randn(log_power.shape, generator, log_power) * torch.exp(0.5 * log_power)
+    # F(k) = (S(k) + S(-k))/2 + i (S(k) - S(-k))/2 is Hermitian, so its inverse FFT is real, and
+    # Re F + Im F = S: the inverse of spectral_coefficients.
+    s_neg = torch.roll(torch.flip(s, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    return torch.fft.ifft2(torch.complex(0.5 * (s + s_neg), 0.5 * (s - s_neg)), norm="ortho").real
+
+
+def spectral_gm_sample(gm: GaussianMixture, log_power: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One GM sample (..., C, H, W) whose pixels are correlated by the power spectrum ``log_power``; the
+    marginal of every pixel is still that pixel's GM."""
+    return gaussian_to_gm_kr(gm, spectral_noise(log_power, generator))
+
+
+def spectral_loss(u_gm: GaussianMixture, u_target: Tensor, log_power: Tensor, weight: float = 1.0) -> Tensor:
+    """Spectral NLL of the target velocity's KR-whitened noise under the predicted spectrum (official loss):
+    mean of 0.5 z^2 (exp(-log_power) - 1) + 0.5 log_power, times C and ``weight``. No gradient flows
+    through the KR map (only into ``log_power``)."""
+    with torch.no_grad():
+        z = spectral_coefficients(gm_to_gaussian_kr(u_gm.detach(), u_target.detach()))
+    loss = z.square() * (torch.exp(-log_power) - 1) + log_power
+    return loss.mean() * (0.5 * u_target.shape[-3] * weight)
