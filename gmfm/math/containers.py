@@ -172,3 +172,6 @@ class IsoGaussian:
     @property
     def batch_shape(self) -> torch.Size:
         return self.mean.shape[:-3]
+
+    def to(self, *args: Any, **kwargs: Any) -> IsoGaussian:
+        return IsoGaussian(self.mean.to(*args, **kwargs), self.var.to(*args, **kwargs))

@@ -26,3 +26,12 @@ __all__ = [
     "DEFAULT_COEFS",
     "flow_sigmas",
 ]
+
+
+def __getattr__(name: str):
+    # the diffusers-style schedulers import diffusers: only when asked for
+    if name in ("FlowEulerODEScheduler", "GMFlowSDEScheduler"):
+        from . import schedulers
+
+        return getattr(schedulers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
