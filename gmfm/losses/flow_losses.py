@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ..math.containers import GaussianMixture
-from ..math.flow import forward_diffusion, forward_transition, reverse_transition
-from ..math.gm_ops import gm_mean, gm_nll
+from ..math.flow import forward_diffusion, forward_transition, reverse_transition, u_to_x0
+from ..math.gm_ops import gm_mean, gm_nll, gm_to_iso_gaussian
+from ..math.spectral import spectral_loss
 from ..math.random import rand, randn
 from ..math.validation import check_float_in, value_checks
 from .time_sampler import TimeSampler
@@ -58,6 +59,8 @@ class GMFlowLoss:
     ``transition_ratio = 1`` (sigma_low = 0) is the plain GM NLL of x0.
 
     label_dropout: probability of replacing a label by ``null_label`` (class-conditional training).
+    spectral_weight: > 0 adds the spectral loss (paper App. A.3) of ``model.spectrum_net``, which sees the
+        network's moment-matched x0 Gaussian (no gradient into the network from it).
     """
 
     transition_ratio: float = 0.9
@@ -65,6 +68,7 @@ class GMFlowLoss:
     weight: float = 1.0
     label_dropout: float = 0.0
     null_label: int | None = None
+    spectral_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_float_in("transition_ratio", self.transition_ratio, 0.0, 1.0, low_open=True)
@@ -87,7 +91,17 @@ class GMFlowLoss:
             u_gm = u_gm.to(torch.float32)
             trans = reverse_transition(u_gm, x_high.float(), sigma_high.float(), sigma_low.float(), "u")
             loss = gm_nll(trans, x_low.float()).mean() * self.weight
-        return LossOutput(loss, {"loss": loss.detach(), "logstd": u_gm.logstds.detach().mean()})
+            logs = {"loss": loss.detach(), "logstd": u_gm.logstds.detach().mean()}
+            spectrum_net = getattr(model, "spectrum_net", None)
+            if self.spectral_weight > 0 and spectrum_net is not None:
+                with torch.no_grad():
+                    x0_gaussian = u_to_x0(gm_to_iso_gaussian(u_gm), x_high.float(), sigma_high.float())
+                    u_target = (x_high.float() - x0.float()) / sigma_high.float().reshape(-1, 1, 1, 1)
+                log_power = spectrum_net(x0_gaussian.to(next(spectrum_net.parameters()).dtype)).float()
+                spectral = spectral_loss(u_gm, u_target, log_power, self.spectral_weight)
+                loss = loss + spectral
+                logs.update(loss=loss.detach(), spectral=spectral.detach())
+        return LossOutput(loss, logs)
 
 
 @dataclass(frozen=True)

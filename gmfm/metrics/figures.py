@@ -101,3 +101,27 @@ def save_metric_plot(
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
+
+
+def save_image_grid(images: Tensor, path: str | Path, nrow: int = 10, row_labels: Sequence[str] | None = None,
+                    title: str | None = None) -> Path:
+    """Save images (N, 1 or 3, H, W) in [-1, 1] as a grid with ``nrow`` images per row."""
+    plt = _pyplot()
+    x = ((images.float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+    n = len(x)
+    rows = (n + nrow - 1) // nrow
+    h, w = x.shape[-2:]
+    canvas = np.ones((rows * (h + 2), nrow * (w + 2), 3), dtype=np.float32)
+    for i, img in enumerate(x):
+        r, c = divmod(i, nrow)
+        img = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
+        canvas[r * (h + 2) + 1: r * (h + 2) + 1 + h, c * (w + 2) + 1: c * (w + 2) + 1 + w] = img.transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(nrow * 0.45 + 0.6, rows * 0.45 + (0.5 if title else 0.2)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([(r + 0.5) * (h + 2) for r in range(rows)] if row_labels else [])
+    if row_labels:
+        ax.set_yticklabels(row_labels, fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(plt, fig, path)

@@ -3,11 +3,13 @@
 from .analytic import AnalyticGMDenoiser
 from .embeddings import position_embedding, timestep_embedding
 from .gm_head import GMOutputHead
+from .gmflow_model import GMFlowModel
 from .mlp2d import GMFlowMLP2D, MLP2DConfig
 
 __all__ = [
     "AnalyticGMDenoiser",
     "GMOutputHead",
+    "GMFlowModel",
     "GMDiTTransformer2DModel",
     "SpectrumMLP",
     "GMFlowMLP2D",

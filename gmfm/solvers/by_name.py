@@ -38,12 +38,14 @@ def sample_with(
     uncond_condition: Any = None,
     guidance_scale: float = 0.0,
     cfg_scale: float = 1.0,
+    spectrum: Any = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Sample (B, C, H, W) with the named solver. ``substeps`` defaults to :func:`default_substeps` for
     GM-ODE and 1 for GM-SDE; ``guidance_scale`` is probabilistic guidance (GM solvers), ``cfg_scale`` is
-    vanilla CFG (GM solvers: on the GM mean; flow solvers: on the velocity)."""
+    vanilla CFG (GM solvers: on the GM mean; flow solvers: on the velocity); ``spectrum`` turns on spectral
+    sampling for the GM-SDE solvers."""
     if solver not in SOLVER_NAMES:
         raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
     if solver in GM_SOLVERS:
@@ -53,7 +55,8 @@ def sample_with(
         return gmflow_sample(
             model, noise, nfe, method=method, order=2 if solver.endswith("2") else 1, substeps=substeps,
             shift=shift, condition=condition, uncond_condition=uncond_condition, guidance_scale=guidance_scale,
-            cfg_scale=None if cfg_scale == 1.0 else cfg_scale, generator=generator, progress=progress,
+            cfg_scale=None if cfg_scale == 1.0 else cfg_scale, spectrum=spectrum if method == "sde" else None,
+            generator=generator, progress=progress,
         ).sample
     if guidance_scale:
         raise ValueError("guidance_scale (probabilistic guidance) needs a GM solver; use cfg_scale")

