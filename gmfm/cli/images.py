@@ -21,7 +21,7 @@ from ..data.mnist import MNIST_WORDS, DigitSplits, load_mnist_splits
 from ..losses import FlowMatchingLoss, GMFlowLoss, TimeSampler
 from ..models.gmflow_model import GMFlowModel
 from ..solvers.by_name import sample_with
-from ..training import CHECKPOINT_NAME, TrainConfig, TrainResult, load_checkpoint, train
+from ..training import TrainConfig, TrainResult, load_trained_model, train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,17 +115,11 @@ def load_image_model(path: str | Path, use_ema: bool = True, device: str = "cpu"
     """Rebuild a trained image model from its checkpoint file (or folder)."""
     from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    ckpt = load_checkpoint(path, device)
-    meta = ckpt.metadata.get("model", {})
-    if meta.get("class") != "GMFlowModel":
-        raise ValueError(f"checkpoint {path} holds a {meta.get('class')!r}, not an image GMFlowModel")
-    spectrum = SpectrumMLP(**_clean_config(meta["spectrum"])) if meta.get("spectrum") else None
-    model = GMFlowModel(GMDiTTransformer2DModel(**_clean_config(meta["transformer"])), spectrum)
-    ckpt.load_into(model, "ema" if use_ema and ckpt.state_dict("ema") else "model")
-    return model.to(device).eval(), meta
+    def build(meta: dict) -> GMFlowModel:
+        spectrum = SpectrumMLP(**_clean_config(meta["spectrum"])) if meta.get("spectrum") else None
+        return GMFlowModel(GMDiTTransformer2DModel(**_clean_config(meta["transformer"])), spectrum)
+
+    return load_trained_model(path, "GMFlowModel", build, use_ema, device)
 
 
 def export_pipeline(model: GMFlowModel, folder: str | Path, output_mode: str = "sample") -> Path:

@@ -19,7 +19,7 @@ from ..losses import FlowMatchingLoss, GMFlowLoss, TimeSampler
 from ..metrics.toy2d import evaluate_toy2d
 from ..models.mlp2d import GMFlowMLP2D, MLP2DConfig
 from ..solvers.by_name import sample_with
-from ..training import CHECKPOINT_NAME, TrainConfig, TrainResult, load_checkpoint, train
+from ..training import TrainConfig, TrainResult, load_trained_model, train
 
 MODEL_KINDS = ("gmflow", "fm")
 
@@ -86,17 +86,8 @@ def load_toy2d_model(path: str | Path, use_ema: bool = True, device: str = "cpu"
     Returns (model in eval mode, the checkpoint's model metadata). The EMA weights are used when present
     and ``use_ema``.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    ckpt = load_checkpoint(path, device)
-    meta = ckpt.metadata.get("model", {})
-    if meta.get("class") != "GMFlowMLP2D":
-        raise ValueError(f"checkpoint {path} holds a {meta.get('class')!r}, not a 2-D GMFlowMLP2D model")
-    model = GMFlowMLP2D(MLP2DConfig(**meta["config"]))
-    prefix = "ema" if use_ema and ckpt.state_dict("ema") else "model"
-    ckpt.load_into(model, prefix)
-    return model.to(device).eval(), meta
+    return load_trained_model(path, "GMFlowMLP2D", lambda meta: GMFlowMLP2D(MLP2DConfig(**meta["config"])),
+                              use_ema, device)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Training: the loop, EMA schedules and atomic safetensors checkpoints."""
 
-from .checkpoint import Checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_optimizer_state, load_trained_model, save_checkpoint
 from .ema import EMA, karras_ema_beta, rampup_ema_beta
 from .trainer import (
     CHECKPOINT_NAME,
@@ -27,4 +27,5 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_optimizer_state",
+    "load_trained_model",
 ]

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 FORMAT = "gmfm-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # the trainer's file in its output folder
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,3 +134,20 @@ def load_optimizer_state(checkpoint: Checkpoint, optimizer: torch.optim.Optimize
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
         raise ValueError(f"checkpoint {checkpoint.path}: optimizer parameter groups do not match the model")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_trained_model(path: str | Path, expected_class: str, build: Callable[[dict[str, Any]], nn.Module],
+                       use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a trainer checkpoint (a file, or the folder holding
+    ``checkpoint.safetensors``): ``build(model_metadata)`` makes the module, then the EMA weights (when
+    present and ``use_ema``) or the raw weights are loaded. Returns (model in eval mode, model metadata)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path, device)
+    meta = ckpt.metadata.get("model", {})
+    if meta.get("class") != expected_class:
+        raise ValueError(f"checkpoint {path} holds a {meta.get('class')!r} model, expected {expected_class!r}")
+    model = build(meta)
+    ckpt.load_into(model, "ema" if use_ema and ckpt.state_dict("ema") else "model")
+    return model.to(device).eval(), meta

@@ -21,12 +21,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..losses.flow_losses import LossOutput
-from .checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_optimizer_state, save_checkpoint
 from .ema import EMA, karras_ema_beta, rampup_ema_beta
 
 LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], LossOutput]
 BatchFn = Callable[[int, torch.Generator], dict[str, Tensor]]
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
