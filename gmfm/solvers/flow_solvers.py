@@ -57,7 +57,7 @@ def mean_velocity(denoiser: Callable) -> VelocityModel:
     return velocity
 
 
-def _ddpm_large_std(sigma: float, sigma_to: float) -> float:
+def ddpm_large_std(sigma: float, sigma_to: float) -> float:
     """Std of the 'large variance' DDPM step in flow time (official GMFlowSDE, variance_mode="large")."""
     alpha, alpha_to = 1 - sigma, 1 - sigma_to
     ratio = (sigma_to / max(sigma, 1e-6)) * (alpha / max(alpha_to, 1e-6))
@@ -150,5 +150,5 @@ def flow_sample(
             if solver == "ddpm_small":
                 x = sde_step(x0, x, sigma, sigma_to, z)
             else:  # large: the same mean, the prior-matched std
-                x = sde_step(x0, x, sigma, sigma_to, torch.zeros_like(x)) + _ddpm_large_std(sigma, sigma_to) * z
+                x = sde_step(x0, x, sigma, sigma_to, torch.zeros_like(x)) + ddpm_large_std(sigma, sigma_to) * z
     return FlowSampleOutput(x, x0_predictions if return_x0 else None)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..math.flow import euler_step, sde_step, u_to_x0
 from ..math.random import randn
-from .flow_solvers import _ddpm_large_std
+from .flow_solvers import ddpm_large_std
 from .timesteps import flow_sigmas
 
 
@@ -112,7 +112,7 @@ class GMFlowSDEScheduler(_FlowGridScheduler):
         if self.config.output_mode == "sample" or self.config.variance_mode == "small":
             prev = sde_step(x0, sample, sigma, sigma_to, noise)
         else:
-            prev = sde_step(x0, sample, sigma, sigma_to, torch.zeros_like(noise)) + _ddpm_large_std(sigma, sigma_to) * noise
+            prev = sde_step(x0, sample, sigma, sigma_to, torch.zeros_like(noise)) + ddpm_large_std(sigma, sigma_to) * noise
         return FlowSchedulerOutput(prev) if return_dict else (prev,)
 
 
