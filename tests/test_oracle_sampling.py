@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gmfm import AnalyticGMDenoiser, gmflow_sample
+from gmfm.solvers import sample_with
 from gmfm.math import euler_step, gm_mean
 from stats import sliced_ks_min_pvalue
 
@@ -198,3 +199,18 @@ def test_probabilistic_guidance_pushes_samples_away_from_the_unconditional_mean(
                            guidance_scale=0.5, orthogonal_guidance=0.0, generator=g).sample.flatten(1)
     direction = data_moments(oracle, 0)[0] - data_moments(oracle, 1)[0]
     assert (guided.mean(0) - base.mean(0)) @ direction > 0.05
+
+
+def test_sample_with_passes_the_guidance_projection_through():
+    oracle = ring_denoiser()
+    cond, uncond = torch.zeros(64, dtype=torch.long), torch.ones(64, dtype=torch.long)
+    noise = torch.randn(64, 2, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kw = dict(condition=cond, uncond_condition=uncond, guidance_scale=0.5)
+    named = {}
+    for orthogonal in (0.0, 1.0):
+        named[orthogonal] = sample_with("gmode2", oracle, noise, 3, substeps=4, orthogonal_guidance=orthogonal, **kw)
+        direct = gmflow_sample(oracle, noise, 3, order=2, substeps=4, orthogonal_guidance=orthogonal, **kw).sample
+        assert torch.equal(named[orthogonal], direct)
+    assert (named[0.0] - named[1.0]).abs().max() > 1e-3  # the projection changes the guided samples
+    with pytest.raises(ValueError, match="orthogonal_guidance"):
+        sample_with("gmode2", oracle, noise, 3, orthogonal_guidance=1.5, **kw)

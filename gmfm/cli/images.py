@@ -140,8 +140,8 @@ def image_substeps(nfe: int) -> int:
 
 @torch.no_grad()
 def sample_digits(model: GMFlowModel, solver: str, nfe: int, labels: Tensor, *, guidance_scale: float = 0.0,
-                  cfg_scale: float = 1.0, spectral: bool = True, seed: int = 0, batch_size: int = 500,
-                  device: str = "cpu") -> Tensor:
+                  orthogonal_guidance: float = 1.0, cfg_scale: float = 1.0, spectral: bool = True, seed: int = 0,
+                  batch_size: int = 500, device: str = "cpu") -> Tensor:
     """Images (N, 1, 32, 32) in [-1, 1] (not clamped) for the requested ``labels`` (N,)."""
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -152,7 +152,7 @@ def sample_digits(model: GMFlowModel, solver: str, nfe: int, labels: Tensor, *, 
         noise = torch.randn(len(chunk), 1, 32, 32, generator=generator).to(device)
         x = sample_with(solver, model, noise, nfe, substeps=image_substeps(nfe) if solver.startswith("gmode") else None,
                         condition=cond, uncond_condition=torch.full_like(cond, 10) if guided else None,
-                        guidance_scale=guidance_scale, cfg_scale=cfg_scale, spectrum=spectrum,
-                        generator=generator)
+                        guidance_scale=guidance_scale, orthogonal_guidance=orthogonal_guidance, cfg_scale=cfg_scale,
+                        spectrum=spectrum, generator=generator)
         out.append(x.float().cpu())
     return torch.cat(out)

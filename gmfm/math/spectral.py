@@ -31,17 +31,17 @@ from .validation import check_same_trailing, check_tensor
 _SQRT2 = math.sqrt(2.0)
 
 
-def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor, dim: int = -3
+                 ) -> tuple[Tensor, Tensor]:
     """CDF and density of 1-D mixtures at ``x``.
 
     means, logweights (..., K, H, W) (log-weights normalised over K); logstds broadcastable to them;
-    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W).
+    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W). ``dim`` is the component dim (-1 for
+    (N, K) rows with x (N,)).
     """
-    inv_std = torch.exp(-logstds)
-    z = (x.unsqueeze(-3) - means) * inv_std
-    weights = torch.exp(logweights)
-    cdf = 0.5 * (1 + (weights * torch.erf(z / _SQRT2)).sum(dim=-3))
-    pdf = torch.exp(logweights - 0.5 * z.square() - logstds).sum(dim=-3) / math.sqrt(2 * math.pi)
+    z = (x.unsqueeze(dim) - means) * torch.exp(-logstds)
+    cdf = 0.5 * (1 + (torch.exp(logweights) * torch.erf(z / _SQRT2)).sum(dim=dim))
+    pdf = torch.exp(logweights - 0.5 * z.square() - logstds).sum(dim=dim) / math.sqrt(2 * math.pi)
     return cdf.clamp(0.0, 1.0), pdf
 
 
@@ -50,10 +50,14 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
 
     Starts from the moment-matched Gaussian's quantile; every mixture component's CDF lies below u at
     min_k mu_k + s Phi^-1(u) and above it at max_k mu_k + s Phi^-1(u), which brackets the root. Each
-    iteration takes a Newton step, or bisects when the step would leave the bracket; it stops when every
-    step is below 100 machine epsilons of the component std (or after ``steps`` iterations).
+    iteration takes a Newton step or, when that would leave the bracket (flat CDF between modes), a
+    false-position step kept at least 1/8 of the bracket from its ends (plain bisection until both ends have
+    been evaluated), so the bracket always shrinks. An element stops when its step is below 100 machine
+    epsilons of the component std (or after ``steps`` iterations); only the elements still moving are
+    evaluated, since most converge in a few steps and a few need many.
     """
-    std = torch.exp(logstds).squeeze(-3)
+    logstds = logstds.expand_as(means)
+    std = torch.exp(logstds[..., :1, :, :]).squeeze(-3)
     weights = torch.exp(logweights)
     z = _SQRT2 * torch.erfinv((2 * u - 1).clamp(-1 + 1e-7, 1 - 1e-7))
     lo = means.amin(dim=-3) + std * z
@@ -62,19 +66,42 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
     var = (weights * (means - mean.unsqueeze(-3)).square()).sum(dim=-3) + std.square()
     x = torch.minimum(torch.maximum(mean + var.sqrt() * z, lo), hi)
     tol = 100 * torch.finfo(x.dtype).eps * std
+
+    # Flatten to (N, K) rows, one per mixture, so that converged rows can be dropped.
+    def rows(t: Tensor) -> Tensor:
+        return t.movedim(-3, -1).reshape(-1, t.shape[-3])
+
+    shape = x.shape
+    out = x.reshape(-1).clone()
+    # State of the mixtures still moving, compacted whenever a quarter of them has converged.
+    idx = torch.arange(out.numel(), device=x.device)
+    m, s, w = rows(means), rows(logstds), rows(logweights)
+    xa, lo, hi, u, tol = (t.reshape(-1) for t in (x, lo, hi, u.expand(shape), tol.expand(shape)))
+    f_lo = torch.full_like(xa, float("nan"))  # F - u at the bracket ends, once evaluated there
+    f_hi = f_lo
     for _ in range(steps):
-        cdf, pdf = gm1d_cdf_pdf(means, logstds, logweights, x)
-        below = cdf < u
-        lo = torch.where(below, x, lo)
-        hi = torch.where(below, hi, x)
-        newton = x - (cdf - u) / pdf.clamp(min=1e-30)
+        cdf, pdf = gm1d_cdf_pdf(m, s, w, xa, dim=-1)  # rows: reducing the last dim is the fast case
+        f = cdf - u
+        below = f < 0
+        lo, f_lo = torch.where(below, xa, lo), torch.where(below, f, f_lo)
+        hi, f_hi = torch.where(below, hi, xa), torch.where(below, f_hi, f)
+        newton = xa - f / pdf.clamp(min=1e-30)
         inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
-        x_next = torch.where(inside, newton, 0.5 * (lo + hi))
-        done = bool(((x_next - x).abs() <= tol).all())
-        x = x_next
-        if done:
+        width = hi - lo
+        secant = lo + width * (-f_lo / (f_hi - f_lo)).clamp(0.125, 0.875)
+        x_next = torch.where(inside, newton, torch.where(torch.isfinite(secant), secant, lo + 0.5 * width))
+        moving = (x_next - xa).abs() > tol
+        xa = x_next
+        n_moving = int(moving.sum())
+        if n_moving == 0:
             break
-    return x
+        if n_moving < 0.75 * xa.numel():
+            out[idx[~moving]] = xa[~moving]
+            keep = moving.nonzero().squeeze(-1)
+            idx, m, s, w, xa, lo, hi, u, tol, f_lo, f_hi = (
+                t[keep] for t in (idx, m, s, w, xa, lo, hi, u, tol, f_lo, f_hi))
+    out[idx] = xa
+    return out.reshape(shape)
 
 
 def _rotation(gm: GaussianMixture) -> Tensor:

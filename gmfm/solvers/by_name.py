@@ -37,13 +37,15 @@ def sample_with(
     condition: Any = None,
     uncond_condition: Any = None,
     guidance_scale: float = 0.0,
+    orthogonal_guidance: float = 1.0,
     cfg_scale: float = 1.0,
     spectrum: Any = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Sample (B, C, H, W) with the named solver. ``substeps`` defaults to :func:`default_substeps` for
-    GM-ODE and 1 for GM-SDE; ``guidance_scale`` is probabilistic guidance (GM solvers), ``cfg_scale`` is
+    GM-ODE and 1 for GM-SDE; ``guidance_scale`` is probabilistic guidance (GM solvers; ``orthogonal_guidance``
+    its projection weight), ``cfg_scale`` is
     vanilla CFG (GM solvers: on the GM mean; flow solvers: on the velocity); ``spectrum`` turns on spectral
     sampling for the GM-SDE solvers."""
     if solver not in SOLVER_NAMES:
@@ -55,7 +57,7 @@ def sample_with(
         return gmflow_sample(
             model, noise, nfe, method=method, order=2 if solver.endswith("2") else 1, substeps=substeps,
             shift=shift, condition=condition, uncond_condition=uncond_condition, guidance_scale=guidance_scale,
-            cfg_scale=None if cfg_scale == 1.0 else cfg_scale, spectrum=spectrum if method == "sde" else None,
+            orthogonal_guidance=orthogonal_guidance, cfg_scale=None if cfg_scale == 1.0 else cfg_scale, spectrum=spectrum if method == "sde" else None,
             generator=generator, progress=progress,
         ).sample
     if guidance_scale:
