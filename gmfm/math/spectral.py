@@ -31,17 +31,21 @@ from .validation import check_same_trailing, check_tensor
 _SQRT2 = math.sqrt(2.0)
 
 
-def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor, dim: int = -3
-                 ) -> tuple[Tensor, Tensor]:
+def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """CDF and density of 1-D mixtures at ``x``.
 
     means, logweights (..., K, H, W) (log-weights normalised over K); logstds broadcastable to them;
-    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W). ``dim`` is the component dim (-1 for
-    (N, K) rows with x (N,)).
+    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W).
     """
-    z = (x.unsqueeze(dim) - means) * torch.exp(-logstds)
-    cdf = 0.5 * (1 + (torch.exp(logweights) * torch.erf(z / _SQRT2)).sum(dim=dim))
-    pdf = torch.exp(logweights - 0.5 * z.square() - logstds).sum(dim=dim) / math.sqrt(2 * math.pi)
+    return _mixture_cdf_pdf(means, torch.exp(-logstds), torch.exp(logweights), x, dim=-3)
+
+
+def _mixture_cdf_pdf(means: Tensor, inv_stds: Tensor, weights: Tensor, x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """:func:`gm1d_cdf_pdf` with the components along ``dim`` and weights / inverse stds already
+    exponentiated (the Newton loop reuses them)."""
+    z = (x.unsqueeze(dim) - means) * inv_stds
+    cdf = 0.5 * (1 + (weights * torch.erf(z / _SQRT2)).sum(dim=dim))
+    pdf = (weights * inv_stds * torch.exp(-0.5 * z.square())).sum(dim=dim) / math.sqrt(2 * math.pi)
     return cdf.clamp(0.0, 1.0), pdf
 
 
@@ -75,12 +79,12 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
     out = x.reshape(-1).clone()
     # State of the mixtures still moving, compacted whenever a quarter of them has converged.
     idx = torch.arange(out.numel(), device=x.device)
-    m, s, w = rows(means), rows(logstds), rows(logweights)
+    m, inv_s, w = rows(means), rows(torch.exp(-logstds)), rows(weights)
     xa, lo, hi, u, tol = (t.reshape(-1) for t in (x, lo, hi, u.expand(shape), tol.expand(shape)))
     f_lo = torch.full_like(xa, float("nan"))  # F - u at the bracket ends, once evaluated there
     f_hi = f_lo
     for _ in range(steps):
-        cdf, pdf = gm1d_cdf_pdf(m, s, w, xa, dim=-1)  # rows: reducing the last dim is the fast case
+        cdf, pdf = _mixture_cdf_pdf(m, inv_s, w, xa, dim=-1)  # rows: reducing the last dim is fast
         f = cdf - u
         below = f < 0
         lo, f_lo = torch.where(below, xa, lo), torch.where(below, f, f_lo)
@@ -98,8 +102,8 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
         if n_moving < 0.75 * xa.numel():
             out[idx[~moving]] = xa[~moving]
             keep = moving.nonzero().squeeze(-1)
-            idx, m, s, w, xa, lo, hi, u, tol, f_lo, f_hi = (
-                t[keep] for t in (idx, m, s, w, xa, lo, hi, u, tol, f_lo, f_hi))
+            idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi = (
+                t[keep] for t in (idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi))
     out[idx] = xa
     return out.reshape(shape)
 
