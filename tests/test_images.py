@@ -70,7 +70,7 @@ def test_spectral_loss_trains_only_the_spectrum_net(digits):
     from gmfm.cli.images import build_image_model
 
     torch.manual_seed(0)
-    model = build_image_model(recipe)
+    model = build_image_model(recipe.model, recipe.spectrum)
     batch = {"x0": digits.train_images[:8], "labels": digits.train_labels[:8]}
     with_spectrum = make_image_loss(recipe, 10)
     without = GMFlowLoss(**{**with_spectrum.__dict__, "spectral_weight": 0.0})

@@ -68,12 +68,15 @@ def load_image_recipe(path: str | Path, **train_overrides: Any) -> ImageRecipe:
                        dict(raw.get("loss", {})), TrainConfig(**train_cfg), str(path))
 
 
-def build_image_model(recipe: ImageRecipe) -> GMFlowModel:
+def build_image_model(transformer: dict[str, Any], spectrum: dict[str, Any] | None) -> GMFlowModel:
+    """GM-DiT (+ SpectrumMLP) from their configs (keys starting with "_", diffusers' bookkeeping, ignored)."""
     from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 
-    net = GMDiTTransformer2DModel(**recipe.model)
-    spectrum = SpectrumMLP(**recipe.spectrum) if recipe.spectrum else None
-    return GMFlowModel(net, spectrum)
+    def clean(config: dict) -> dict:
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    return GMFlowModel(GMDiTTransformer2DModel(**clean(transformer)),
+                       SpectrumMLP(**clean(spectrum)) if spectrum else None)
 
 
 def make_image_loss(recipe: ImageRecipe, num_classes: int):
@@ -99,25 +102,20 @@ def make_image_batches(images: Tensor, labels: Tensor, batch_size: int):
 def train_image_model(recipe: ImageRecipe, out_dir: str | Path | None, *, data: DigitSplits | None = None,
                       resume: bool = True, progress: bool = True) -> TrainResult:
     data = data or load_mnist_splits()
-    model = build_image_model(recipe)
+    model = build_image_model(recipe.model, recipe.spectrum)
     meta = {"class": "GMFlowModel", "kind": recipe.kind, "transformer": dict(model.net.config),
             "spectrum": dict(model.spectrum_net.config) if model.spectrum_net is not None else None,
             "dataset": "mnist"}
-    return train(model, make_image_loss(recipe, 10), make_image_batches(data.train_images, data.train_labels,
+    loss = make_image_loss(recipe, model.net.config.num_embeds_ada_norm)
+    return train(model, loss, make_image_batches(data.train_images, data.train_labels,
                  recipe.train.batch_size), recipe.train, out_dir, resume=resume, model_meta=meta, progress=progress)
-
-
-def _clean_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def load_image_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[GMFlowModel, dict]:
     """Rebuild a trained image model from its checkpoint file (or folder)."""
-    from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 
     def build(meta: dict) -> GMFlowModel:
-        spectrum = SpectrumMLP(**_clean_config(meta["spectrum"])) if meta.get("spectrum") else None
-        return GMFlowModel(GMDiTTransformer2DModel(**_clean_config(meta["transformer"])), spectrum)
+        return build_image_model(meta["transformer"], meta.get("spectrum"))
 
     return load_trained_model(path, "GMFlowModel", build, use_ema, device)
 
@@ -142,16 +140,19 @@ def image_substeps(nfe: int) -> int:
 def sample_digits(model: GMFlowModel, solver: str, nfe: int, labels: Tensor, *, guidance_scale: float = 0.0,
                   orthogonal_guidance: float = 1.0, cfg_scale: float = 1.0, spectral: bool = True, seed: int = 0,
                   batch_size: int = 500, device: str = "cpu") -> Tensor:
-    """Images (N, 1, 32, 32) in [-1, 1] (not clamped) for the requested ``labels`` (N,)."""
+    """Images (N, C, H, W) (the model's channels and size) in [-1, 1] (not clamped) for ``labels`` (N,)."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     guided = guidance_scale > 0 or cfg_scale != 1.0
     spectrum = model.spectrum_net if (spectral and solver.startswith("gmsde")) else None
+    config = model.net.config
     for chunk in labels.split(batch_size):
         cond = chunk.to(device)
-        noise = torch.randn(len(chunk), 1, 32, 32, generator=generator).to(device)
+        noise = torch.randn(len(chunk), config.in_channels, config.sample_size, config.sample_size,
+                            generator=generator).to(device)
+        null = torch.full_like(cond, config.num_embeds_ada_norm)  # the null class id = number of classes
         x = sample_with(solver, model, noise, nfe, substeps=image_substeps(nfe) if solver.startswith("gmode") else None,
-                        condition=cond, uncond_condition=torch.full_like(cond, 10) if guided else None,
+                        condition=cond, uncond_condition=null if guided else None,
                         guidance_scale=guidance_scale, orthogonal_guidance=orthogonal_guidance, cfg_scale=cfg_scale,
                         spectrum=spectrum, generator=generator)
         out.append(x.float().cpu())

@@ -11,7 +11,8 @@ The per-pixel GM of an image has independent pixels; a learned power spectrum co
 
 :func:`gm_to_gaussian_kr` is the inverse map (used by the spectral loss). The 1-D inverse CDF is a
 safeguarded Newton iteration in plain PyTorch (the official code has a CUDA kernel): Newton steps that
-would leave the current bracket are replaced by bisection, so it converges for any mixture.
+would leave the current bracket are replaced by false-position / bisection steps, so it converges for any
+mixture.
 
 Shapes: GM (B, K, C, H, W); samples and noise (B, C, H, W); ``log_power`` (B, C, H, W).
 """
@@ -128,13 +129,14 @@ def _rotate_means(gm: GaussianMixture, rotation: Tensor) -> Tensor:
     return torch.einsum("...kchw,...cd->...kdhw", gm.means, rotation)
 
 
-def _conditional_logweights(gm: GaussianMixture, means_rot: Tensor, y: Tensor, axis: int,
+def _conditional_logweights(gm: GaussianMixture, means_rot: Tensor, y_prev: Tensor | None, axis: int,
                             accumulated: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Log-weights (..., K, H, W) of the components given coordinates y_0 .. y_{axis-1}."""
+    """Log-weights (..., K, H, W) of the components given coordinates y_0 .. y_{axis-1}: ``accumulated``
+    holds the log-likelihood terms of y_0 .. y_{axis-2}, ``y_prev`` (..., H, W) is y_{axis-1}."""
     logw = gm.logweights.squeeze(-3)
     if axis == 0:
         return logw, torch.zeros_like(logw)
-    z = (y[..., axis - 1, :, :].unsqueeze(-3) - means_rot[..., axis - 1, :, :]) * torch.exp(-gm.logstds.squeeze(-3))
+    z = (y_prev.unsqueeze(-3) - means_rot[..., axis - 1, :, :]) * torch.exp(-gm.logstds.squeeze(-3))
     accumulated = accumulated - 0.5 * z.square()
     return torch.log_softmax(logw + accumulated, dim=-3), accumulated
 
@@ -149,8 +151,7 @@ def gaussian_to_gm_kr(gm: GaussianMixture, noise: Tensor, steps: int = 32) -> Te
     ys: list[Tensor] = []
     accumulated = None
     for axis in range(gm.event_shape[0]):
-        y_so_far = torch.stack(ys, dim=-3) if ys else None
-        logw, accumulated = _conditional_logweights(gm, means_rot, y_so_far, axis, accumulated)
+        logw, accumulated = _conditional_logweights(gm, means_rot, ys[-1] if ys else None, axis, accumulated)
         ys.append(gm1d_inverse_cdf(means_rot[..., axis, :, :], gm.logstds.squeeze(-3), logw, u[..., axis, :, :],
                                    steps))
     y = torch.stack(ys, dim=-3)
@@ -167,7 +168,8 @@ def gm_to_gaussian_kr(gm: GaussianMixture, samples: Tensor, eps: float = 1e-6) -
     zs = []
     accumulated = None
     for axis in range(gm.event_shape[0]):
-        logw, accumulated = _conditional_logweights(gm, means_rot, y, axis, accumulated)
+        y_prev = y[..., axis - 1, :, :] if axis > 0 else None
+        logw, accumulated = _conditional_logweights(gm, means_rot, y_prev, axis, accumulated)
         cdf, _ = gm1d_cdf_pdf(means_rot[..., axis, :, :], gm.logstds.squeeze(-3), logw, y[..., axis, :, :])
         zs.append(_SQRT2 * torch.erfinv((2 * cdf - 1).clamp(-1 + eps, 1 - eps)))
     return torch.stack(zs, dim=-3)

@@ -204,14 +204,6 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
         logits = x[:, k * c :].reshape(batch, k, 1, height, width)
         return self.gm_out(means, logits, emb.detach())
 
-    def as_denoiser(self):
-        """The solver contract: ``denoiser(x_t, sigma (B,), class_labels) -> u-GM`` (timestep = 1000 sigma)."""
-
-        def denoiser(x_t: Tensor, sigma: Tensor, class_labels: Tensor) -> GaussianMixture:
-            return self(x_t.to(self.dtype), sigma.to(self.dtype) * 1000, class_labels).to(x_t.dtype)
-
-        return denoiser
-
 
 class SpectrumMLP(ModelMixin, ConfigMixin):
     """Predicts the log power spectrum of the whitened GM-SDE noise (paper Sec. 3.4, App. A.3).

@@ -19,5 +19,7 @@ class GMFlowModel(nn.Module):
         self.spectrum_net = spectrum_net
 
     def forward(self, x_t: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> GaussianMixture:
+        """x_t (B, C, H, W), sigma scalar or (B,) -> u-GM in x_t's dtype (the network runs in its own)."""
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        return self.net(x_t, sigma * 1000, labels)
+        dtype = next(self.net.parameters()).dtype
+        return self.net(x_t.to(dtype), (sigma * 1000).to(dtype), labels).to(x_t.dtype)

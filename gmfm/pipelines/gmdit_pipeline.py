@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from torch import Tensor
 
 from ..math.random import randn
 from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
+from ..models.gmflow_model import GMFlowModel
 from ..solvers.gm_solver import gmflow_sample
 from ..solvers.schedulers import SCHEDULERS, FlowEulerODEScheduler, GMFlowSDEScheduler
 
@@ -66,18 +68,16 @@ class GMDiTPipeline(DiffusionPipeline):
                                  f"and {component}/ folder)")
         load = dict(torch_dtype=torch_dtype, variant=variant, low_cpu_mem_usage=False)
         transformer = _load_model(GMDiTTransformer2DModel, root / "transformer", load)
-        spectrum_net = None
-        if index.get("spectrum_net") and index["spectrum_net"][0] is not None:
-            if not (root / "spectrum_net").is_dir():
-                raise ValueError(f"{root}: model_index.json lists spectrum_net but {root / 'spectrum_net'} is missing")
-            spectrum_net = _load_model(SpectrumMLP, root / "spectrum_net", load)
-        vae = None
-        if index.get("vae") and index["vae"][0] is not None:
-            from diffusers import AutoencoderKL
 
-            if not (root / "vae").is_dir():
-                raise ValueError(f"{root}: model_index.json lists vae but {root / 'vae'} is missing")
-            vae = _load_model(AutoencoderKL, root / "vae", load)
+        def optional(name: str, model_class: Any) -> Any:
+            if not index.get(name) or index[name][0] is None:
+                return None
+            if not (root / name).is_dir():
+                raise ValueError(f"{root}: model_index.json lists {name} but {root / name} is missing")
+            return _load_model(model_class, root / name, load)
+
+        spectrum_net = optional("spectrum_net", SpectrumMLP)
+        vae = optional("vae", AutoencoderKL)
         config_path = root / "scheduler" / "scheduler_config.json"
         if not config_path.is_file():
             raise ValueError(f"{root}: {config_path} is missing")
@@ -155,7 +155,7 @@ class GMDiTPipeline(DiffusionPipeline):
         null = torch.full_like(labels, config.num_embeds_ada_norm)
         spectrum = self.spectrum_net if (output_mode == "sample" and use_spectrum) else None
         sample = gmflow_sample(
-            self.transformer.as_denoiser(), noise, num_inference_steps,
+            GMFlowModel(self.transformer), noise, num_inference_steps,
             method="ode" if output_mode == "mean" else "sde",
             order=order,
             substeps=num_inference_substeps if output_mode == "mean" else 1,

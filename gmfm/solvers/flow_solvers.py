@@ -65,6 +65,17 @@ def ddpm_large_std(sigma: float, sigma_to: float) -> float:
     return sqrt_beta * ((alpha_to**2 + sigma_to**2) / max(alpha**2 + sigma**2, 1e-6)) ** 0.5
 
 
+def ddpm_step(x0: Tensor, x_t: Tensor, sigma: float, sigma_to: float, noise: Tensor, variance: str = "small") -> Tensor:
+    """Ancestral DDPM step from sigma to sigma_to given an x0 prediction: the posterior mean plus
+    ``noise`` (B, C, H, W) times the posterior ("small", the GM-SDE transition) or the prior-matched
+    ("large") std."""
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    if variance == "small":
+        return sde_step(x0, x_t, sigma, sigma_to, noise)
+    return sde_step(x0, x_t, sigma, sigma_to, torch.zeros_like(noise)) + ddpm_large_std(sigma, sigma_to) * noise
+
+
 def _diffusers_scheduler(solver: str, sigmas: Tensor):
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
@@ -145,10 +156,6 @@ def flow_sample(
         elif solver == "euler":
             x = euler_step(u_to_x0(u, x, sigma), x, sigma, sigma_to)
         else:
-            x0 = u_to_x0(u, x, sigma)
-            z = randn(x.shape, generator, x)
-            if solver == "ddpm_small":
-                x = sde_step(x0, x, sigma, sigma_to, z)
-            else:  # large: the same mean, the prior-matched std
-                x = sde_step(x0, x, sigma, sigma_to, torch.zeros_like(x)) + ddpm_large_std(sigma, sigma_to) * z
+            x = ddpm_step(u_to_x0(u, x, sigma), x, sigma, sigma_to, randn(x.shape, generator, x),
+                          variance=solver.removeprefix("ddpm_"))
     return FlowSampleOutput(x, x0_predictions if return_x0 else None)

@@ -19,9 +19,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from ..math.flow import euler_step, sde_step, u_to_x0
+from ..math.flow import euler_step, u_to_x0
 from ..math.random import randn
-from .flow_solvers import ddpm_large_std
+from .flow_solvers import ddpm_step
 from .timesteps import flow_sigmas
 
 
@@ -34,10 +34,8 @@ class _FlowGridScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     def _init_grid(self, num_train_timesteps: int) -> None:
+        self.set_timesteps(num_train_timesteps)
         self.num_inference_steps: int | None = None
-        self.sigmas = flow_sigmas(num_train_timesteps, self.config.shift).float()
-        self.timesteps = self.sigmas[:-1] * num_train_timesteps
-        self._step_index: int | None = None
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Noise levels sigma_j (num_inference_steps + 1, ending at 0) and timesteps 1000 sigma_j."""
@@ -108,11 +106,9 @@ class GMFlowSDEScheduler(_FlowGridScheduler):
              prediction_type: str = "x0") -> FlowSchedulerOutput | tuple[Tensor]:
         sigma, sigma_to = self._next_pair(timestep)
         x0 = self._x0(model_output, sample, sigma, prediction_type)
-        noise = randn(sample.shape, generator, sample)
-        if self.config.output_mode == "sample" or self.config.variance_mode == "small":
-            prev = sde_step(x0, sample, sigma, sigma_to, noise)
-        else:
-            prev = sde_step(x0, sample, sigma, sigma_to, torch.zeros_like(noise)) + ddpm_large_std(sigma, sigma_to) * noise
+        # a GM sample gets the exact GM-SDE transition (posterior variance); a GM mean the chosen variance
+        variance = "small" if self.config.output_mode == "sample" else self.config.variance_mode
+        prev = ddpm_step(x0, sample, sigma, sigma_to, randn(sample.shape, generator, sample), variance)
         return FlowSchedulerOutput(prev) if return_dict else (prev,)
 
 
