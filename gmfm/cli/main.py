@@ -58,6 +58,14 @@ def _add_train_2d(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
 
 
+def _add_sampling_options(p) -> None:
+    """Options shared by the sampling commands: guidance, weights, seed."""
+    p.add_argument("--guidance-scale", type=float, default=0.0, help="probabilistic guidance w in [0, 1)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="vanilla CFG scale (1 = off)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
 def _add_sample_2d(sub) -> None:
     p = sub.add_parser("sample-2d", help="sample a trained 2-D model and report metrics",
                        description="Sample a 2-D checkpoint with a named solver and NFE; writes a histogram "
@@ -70,10 +78,7 @@ def _add_sample_2d(sub) -> None:
     p.add_argument("--substeps", type=int, default=None, help="GM-ODE substeps (default ceil(128 / NFE))")
     p.add_argument("--num-samples", type=int, default=100_000, help="number of samples")
     p.add_argument("--label", type=int, default=None, help="class to sample (conditional models; default all)")
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="probabilistic guidance w in [0, 1)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="vanilla CFG scale (1 = off)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _add_sampling_options(p)
     p.add_argument("--out", default=None, help="histogram PNG (default: <checkpoint folder>/samples_<solver>_<nfe>.png)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
@@ -134,11 +139,8 @@ def _add_sample_images(sub) -> None:
     p.add_argument("--nfe", type=int, default=8, help="network evaluations")
     p.add_argument("--per-class", type=int, default=10, help="images per class")
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)), help="classes to sample")
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="probabilistic guidance w in [0, 1)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="vanilla CFG scale (1 = off)")
     p.add_argument("--no-spectral", action="store_true", help="GM-SDE without spectral sampling")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _add_sampling_options(p)
     p.add_argument("--out", default=None, help="PNG path (default: <folder>/grid_<solver>_<nfe>.png)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
