@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, time_call, time_calls, write_results  # noqa: E402
 
-from gmfm import GaussianMixture, IsoGaussian, gmflow_sample, probabilistic_guidance  # noqa: E402
+from gmfm import GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance  # noqa: E402
 from gmfm.math import (  # noqa: E402
     convert_denoising_gm_mean,
     gm_mean,
@@ -183,7 +183,7 @@ def step_benchmarks(inp: dict, official, device: str) -> list[dict]:
         def ours():
             return gmflow_sample(constant_network, inp["noise"], SOLVER_STEPS, method=method, order=order,
                                  substeps=substeps, condition=labels, uncond_condition=labels if w else None,
-                                 guidance_scale=w, check_outputs=False,
+                                 guidance=ProbabilisticGuidance(w) if w else None, check_outputs=False,
                                  spectrum=spectrum_net if spectral else None)
 
         fns = {"gmfm": ours}

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, write_results  # noqa: E402
 
-from gmfm.cli.images import load_image_model, load_image_recipe, sample_digits, train_image_model  # noqa: E402
 from gmfm.data.mnist import load_mnist_splits  # noqa: E402
+from gmfm.experiments import load_recipe, load_run, make_guidance, sample_trained, train_recipe  # noqa: E402
 from gmfm.metrics.figures import _pyplot, _save, save_image_grid  # noqa: E402
 from gmfm.metrics.images import evaluate_images, train_classifier  # noqa: E402
 
@@ -81,8 +81,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work-dir", default="outputs/mnist", help="training runs (resumed when present)")
     parser.add_argument("--out", default=str(RESULTS_DIR))
-    parser.add_argument("--gm-config", default=str(ROOT / "configs" / "mnist_gmflow.toml"))
-    parser.add_argument("--fm-config", default=str(ROOT / "configs" / "mnist_fm.toml"))
+    parser.add_argument("--gm-config", default="mnist_gmflow")
+    parser.add_argument("--fm-config", default="mnist_fm")
     parser.add_argument("--iterations", type=int, default=None, help="override both configs (for quick runs)")
     parser.add_argument("--per-class", type=int, default=100, help="samples per class and configuration")
     args = parser.parse_args()
@@ -91,13 +91,13 @@ def main() -> None:
 
     train_seconds = {}
     for kind, config in (("gmflow", args.gm_config), ("fm", args.fm_config)):
-        recipe = load_image_recipe(config, iterations=args.iterations, device=device)
-        result = train_image_model(recipe, work / kind, data=data, progress=False)
+        recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
+        result = train_recipe(recipe, work / kind, progress=False)
         train_seconds[kind] = training_time(work / kind / "log.csv", recipe.train.iterations)
         train_seconds[kind]["batch_size"] = recipe.train.batch_size
         print(f"{kind}: trained to {result.step}", flush=True)
-    gm, _ = load_image_model(work / "gmflow", device=device)
-    fm, _ = load_image_model(work / "fm", device=device)
+    gm = load_run(work / "gmflow", device=device)
+    fm = load_run(work / "fm", device=device)
 
     classifier = train_classifier(data.train_images, data.train_labels)
     real_eval = evaluate_images(classifier, data.test_images, data.test_labels, data.test_images)
@@ -105,9 +105,10 @@ def main() -> None:
     labels = torch.arange(10).repeat_interleave(args.per_class)
 
     results, grids = {}, {}
-    def run(key, model, solver, nfe, **kw):
+    def run(key, model, solver, nfe, guidance_scale=0.0, cfg_scale=1.0, **kw):
         tic = time.perf_counter()
-        x = sample_digits(model, solver, nfe, labels, device=device, **kw)
+        x = sample_trained(model, solver, nfe, labels=labels, device=device,
+                           guidance=make_guidance(guidance_scale, cfg_scale=cfg_scale), **kw)
         metrics = evaluate_images(classifier, x, labels, data.test_images).as_dict()
         metrics["seconds"] = time.perf_counter() - tic
         results[key] = metrics

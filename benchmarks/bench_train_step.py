@@ -18,24 +18,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, write_results  # noqa: E402
 
-from gmfm.cli.toy2d import Toy2DRecipe, build_model, make_batch_fn, make_loss  # noqa: E402
-from gmfm.data import make_toy_dataset  # noqa: E402
-from gmfm.models import MLP2DConfig  # noqa: E402
+from gmfm.experiments import build_loss, build_model, load_dataset, load_recipe  # noqa: E402
+from gmfm.math.random import BatchDraws  # noqa: E402
 from gmfm.training import make_optimizer, step_generator  # noqa: E402
 
 
 def make_step(kind: str, batch_size: int, device: str):
     """One training iteration of the GMFlow (K = 64) or FM (K = 1) 5 x 512 MLP, as a closure."""
-    recipe = Toy2DRecipe(kind=kind, model=MLP2DConfig(num_components=64))
-    data = make_toy_dataset("checkerboard")
-    model = build_model(recipe, data).to(device)
-    loss_fn, batch_fn = make_loss(recipe, data), make_batch_fn(data, batch_size)
+    recipe = load_recipe("checkerboard", kind=kind, train={"batch_size": batch_size})
+    data = load_dataset(recipe)
+    model = build_model(recipe, data.event_shape, data.num_classes).to(device)
+    loss_fn = build_loss(recipe, data.num_classes)
     optimizer = make_optimizer(model, recipe.train)
+    rows = slice(0, batch_size)
 
     def step(i: int) -> None:
-        g = step_generator(0, i)
-        batch = {k: v.to(device) for k, v in batch_fn(i, g).items()}
-        loss = loss_fn(model, batch, g).loss
+        batch = {k: v.to(device) for k, v in data.train.batch(batch_size, step_generator(0, i, 0), rows).items()}
+        loss = loss_fn(model, batch, BatchDraws(step_generator(0, i, 1), batch_size)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,19 +1,15 @@
-"""Shared benchmark plumbing: a timer, the machine description and the result writer."""
+"""Shared benchmark plumbing: interleaved timers; results are written by gmfm.experiments.results."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from gmfm.experiments.results import machine_info, write_results as _write_results  # noqa: F401
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -52,50 +48,6 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", **kw
     return time_calls({"fn": fn}, device, **kwargs)["fn"]
 
 
-def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if torch.device(device).type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-
-
 def write_results(name: str, payload: dict, markdown: str, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` (markdown prefixed with command, machine and date)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": command_line(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(payload.get("device", "cpu")),
-    }
-    payload = {**meta, **payload}
-    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    machine = meta["machine"]
-    header = (
-        f"Command: `{meta['command']}`  \n"
-        f"Date: {meta['date']}  \n"
-        f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads)" + (f", GPU {machine['gpu']}" if "gpu" in machine else "") + "\n\n"
-    )
-    md_path.write_text(header + markdown)
-    return json_path, md_path
+    """Write ``<name>.json`` and ``<name>.md`` (headed by command, machine and date) under ``out_dir``."""
+    return _write_results(name, payload, markdown, out_dir)

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, write_results  # noqa: E402
 
-from gmfm.cli.images import load_image_model  # noqa: E402
+from gmfm.experiments import load_run  # noqa: E402
 from gmfm.data.mnist import load_mnist_splits  # noqa: E402
 from gmfm.math import gm_mean  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> None:
     x0, labels = data.test_images[: args.num], data.test_labels[: args.num]
     null = torch.full_like(labels, 10)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    models = {kind: load_image_model(Path(args.work_dir) / kind)[0] for kind in ("gmflow", "fm")}
+    models = {kind: load_run(Path(args.work_dir) / kind).model for kind in ("gmflow", "fm")}
     rows = []
     for s in SIGMAS:
         sigma = torch.full((len(x0),), s)

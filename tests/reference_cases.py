@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, gmflow_sample, probabilistic_guidance
+from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance
 from gmfm.math import (
     convert_denoising_gm_mean,
     euler_step,
@@ -94,8 +94,7 @@ def _oracle_loop(i: dict[str, Tensor], p: dict) -> dict[str, Tensor]:
         shift=p["shift"],
         condition=torch.arange(batch),
         uncond_condition=torch.arange(batch, 2 * batch),
-        guidance_scale=p["guidance_scale"],
-        orthogonal_guidance=p["orthogonal"],
+        guidance=ProbabilisticGuidance(p["guidance_scale"], p["orthogonal"]),
     )
     return {"x0": out.sample}
 

@@ -1,1 +1,1 @@
-"""The ``gmfm`` command line and the experiments it runs."""
+"""The ``gmfm`` command line: parses arguments and calls :mod:`gmfm.experiments`."""

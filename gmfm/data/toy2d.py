@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..math.validation import check_positive_int
+from .base import Dataset
 
 
 def as_images(x: Tensor) -> Tensor:
@@ -198,3 +199,25 @@ def make_toy_dataset(name: str) -> Toy2D:
     if name not in _FACTORIES:
         raise ValueError(f"dataset must be one of {list(TOY_DATASET_NAMES)}, got {name!r}")
     return _FACTORIES[name]()
+
+
+class ToyTrainingData:
+    """:class:`~gmfm.data.base.TrainingData` of a toy distribution: every batch is fresh samples (labels
+    uniform for a conditional toy), in the image layout (b, 2, 1, 1)."""
+
+    def __init__(self, toy: Toy2D) -> None:
+        self.toy = toy
+
+    def batch(self, batch_size: int, generator: torch.Generator, rows: slice) -> dict[str, Tensor]:
+        labels = self.toy.sample_labels(batch_size, generator) if self.toy.num_classes else None
+        out = {"x0": as_images(self.toy.sample(batch_size, generator, labels))[rows]}
+        if labels is not None:
+            out["labels"] = labels[rows]
+        return out
+
+
+def toy_dataset(name: str) -> Dataset:
+    """A toy as a registry :class:`~gmfm.data.base.Dataset` (``extra["toy"]`` is the distribution)."""
+    toy = make_toy_dataset(name)
+    names = tuple(f"class {c}" for c in range(toy.num_classes))
+    return Dataset(name, (2, 1, 1), toy.num_classes, ToyTrainingData(toy), {}, names, {"toy": toy})

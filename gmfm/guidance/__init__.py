@@ -1,13 +1,19 @@
-"""Guidance of conditional GMs: probabilistic guidance (GMFlow) and vanilla CFG for comparison."""
+"""Guidance of conditional predictions: the :class:`Guidance` contract, probabilistic guidance (GMFlow)
+and vanilla classifier-free guidance for comparison."""
 
-from .cfg import cfg_gm, cfg_velocity
-from .probabilistic import GuidanceOutput, pixel_averaged_gaussian, probabilistic_guidance, reweight_towards
+from .base import Guidance, GuidedGM, active_guidance, pixel_averaged_gaussian, reweight_towards
+from .cfg import ClassifierFreeGuidance, cfg_gm, cfg_velocity
+from .probabilistic import ProbabilisticGuidance, probabilistic_guidance
 
 __all__ = [
-    "GuidanceOutput",
+    "Guidance",
+    "GuidedGM",
+    "ProbabilisticGuidance",
+    "ClassifierFreeGuidance",
+    "active_guidance",
     "probabilistic_guidance",
-    "pixel_averaged_gaussian",
-    "reweight_towards",
     "cfg_gm",
     "cfg_velocity",
+    "pixel_averaged_gaussian",
+    "reweight_towards",
 ]

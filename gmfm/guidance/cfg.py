@@ -6,29 +6,55 @@ larger values extrapolate (and, on images, over-saturate).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from ..math.containers import GaussianMixture
 from ..math.gm_ops import gm_mean
 from ..math.validation import check_float_in
+from .base import Guidance, GuidedGM
 
 
 def cfg_velocity(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """The usual CFG on a plain flow model's prediction (velocity or x0): uncond + scale (cond - uncond)."""
-    scale = check_float_in("scale", scale, 0.0, float("inf"))
+    """The usual CFG on a plain flow model's prediction (velocity or x0, (..., C, H, W)):
+    uncond + scale (cond - uncond)."""
+    scale = check_float_in("cfg_scale", scale, 0.0, float("inf"))
     if cond.shape != uncond.shape:
         raise ValueError(f"uncond must have the shape of cond {tuple(cond.shape)}, got {tuple(uncond.shape)}")
     return uncond + scale * (cond - uncond)
 
 
 def cfg_gm(cond: GaussianMixture, uncond: GaussianMixture, scale: float) -> GaussianMixture:
-    """CFG applied to a GM as in the paper's ablation: shift every component of ``cond`` by
-    (scale - 1) (mean(cond) - mean(uncond)); weights and std are unchanged, so the GM's mean is the
+    """CFG applied to a GM as in the paper's ablation: shift every component of ``cond`` (..., K, C, H, W)
+    by (scale - 1) (mean(cond) - mean(uncond)); weights and std are unchanged, so the GM's mean is the
     CFG-extrapolated mean."""
-    scale = check_float_in("scale", scale, 0.0, float("inf"))
+    scale = check_float_in("cfg_scale", scale, 0.0, float("inf"))
     if cond.means.shape != uncond.means.shape:
         raise ValueError(
             f"uncond must have the shape of cond: {tuple(cond.means.shape)} vs {tuple(uncond.means.shape)}"
         )
     shift = (scale - 1.0) * (gm_mean(cond) - gm_mean(uncond))
     return GaussianMixture(cond.means + shift.unsqueeze(-4), cond.logweights, cond.logstds)
+
+
+@dataclass(frozen=True)
+class ClassifierFreeGuidance(Guidance):
+    """Vanilla CFG with ``scale`` >= 0 (1 = conditional only, no unconditional pass). On a GM solver it
+    shifts the components (:func:`cfg_gm`); on a flow solver it extrapolates the velocity."""
+
+    scale: float
+    guides_point_predictions = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", check_float_in("cfg_scale", self.scale, 0.0, float("inf")))
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.scale != 1.0
+
+    def guide_gm(self, cond: GaussianMixture, uncond: GaussianMixture) -> GuidedGM:
+        return GuidedGM.unguided(cfg_gm(cond, uncond, self.scale))
+
+    def guide_prediction(self, cond: Tensor, uncond: Tensor) -> Tensor:
+        return cfg_velocity(cond, uncond, self.scale)

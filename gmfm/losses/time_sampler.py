@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..math.random import BatchDraws
 from ..math.validation import check_float_in
+
+_FLOAT32 = torch.empty((), dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -27,13 +30,15 @@ class TimeSampler:
     def __post_init__(self) -> None:
         if self.kind not in ("uniform", "logit_normal"):
             raise ValueError(f"kind must be 'uniform' or 'logit_normal', got {self.kind!r}")
-        check_float_in("std", self.std, 0.0, float("inf"), low_open=True)
-        check_float_in("shift", self.shift, 0.0, float("inf"), low_open=True)
+        check_float_in("mean", self.mean, -1e3, 1e3)
+        check_float_in("std", self.std, 0.0, 1e3, low_open=True)
+        check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
 
-    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """(n,) float32 noise levels on the CPU (move them with the batch)."""
+    def __call__(self, n: int | BatchDraws, generator: torch.Generator | None = None) -> Tensor:
+        """(n,) float32 noise levels (or one per row of ``BatchDraws``), on the CPU (move them with the batch)."""
+        draws = n if isinstance(n, BatchDraws) else BatchDraws(generator, n)
         if self.kind == "uniform":
-            s = 1 - torch.rand(n, generator=generator)
+            s = 1 - draws.rand((), _FLOAT32)
         else:
-            s = torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator))
+            s = torch.sigmoid(self.mean + self.std * draws.randn((), _FLOAT32))
         return self.shift * s / (1 + (self.shift - 1) * s)

@@ -1,4 +1,10 @@
-"""GM math: the containers and pure functions of GMFlow (see SPEC.md, "Operations")."""
+"""GM math: the containers and pure functions of GMFlow (Gaussian products, GM moments and densities,
+u <-> x0, the forward / reverse transitions, re-conditioning for GM-ODE substeps, spectral sampling).
+
+Conventions are the official GMFlow ones: noise level sigma in [0, 1] with x_t = (1 - sigma) x0 + sigma noise,
+a GM over (..., C, H, W) stored as means (..., K, C, H, W), log-weights (..., K, 1, H, W) and one log-std
+per sample (..., 1, 1, 1, 1).
+"""
 
 from .containers import GaussianMixture, IsoGaussian
 from .flow import (

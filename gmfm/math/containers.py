@@ -93,6 +93,10 @@ class GaussianMixture:
     def device(self) -> torch.device:
         return self.means.device
 
+    def __repr__(self) -> str:
+        return (f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, "
+                f"event_shape={tuple(self.event_shape)}, dtype={self.dtype}, device={self.device})")
+
     # ----- tensor-like helpers -----------------------------------------------------------------------
     def map(self, fn: Any) -> GaussianMixture:
         """Apply ``fn`` to the three tensors (after expanding logstds to the full batch shape)."""
@@ -172,6 +176,10 @@ class IsoGaussian:
     @property
     def batch_shape(self) -> torch.Size:
         return self.mean.shape[:-3]
+
+    def __repr__(self) -> str:
+        return (f"IsoGaussian(mean_shape={tuple(self.mean.shape)}, var_shape={tuple(self.var.shape)}, "
+                f"dtype={self.mean.dtype}, device={self.mean.device})")
 
     def to(self, *args: Any, **kwargs: Any) -> IsoGaussian:
         return IsoGaussian(self.mean.to(*args, **kwargs), self.var.to(*args, **kwargs))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .containers import GaussianMixture, IsoGaussian
-from .random import rand, randn
+from .random import Generators, rand, randn
 from .validation import check_broadcastable, check_float_in, check_same_trailing, check_tensor
 
 #: Lower clamp of variance-like denominators, as in the official implementation.
@@ -133,10 +133,10 @@ def gm_mul_iso_gaussian(
     return GaussianMixture(means, logweights, gm.logstds + 0.5 * torch.log(keep))
 
 
-def gm_sample(gm: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:
+def gm_sample(gm: GaussianMixture, generator: Generators = None) -> Tensor:
     """One sample per GM, (..., C, H, W): a component per pixel by its weight, then Gaussian noise.
 
-    Both draws use ``generator``. A component with zero weight (log-weight -inf) is never chosen.
+    Both draws use ``generator`` (or one generator per sample of a (B,) batch). A component with zero weight (log-weight -inf) is never chosen.
     """
     weights = gm_weights(gm)  # (..., K, 1, H, W)
     cdf = weights.cumsum(dim=-4)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .containers import GaussianMixture
 from .gm_ops import gm_weights
-from .random import randn
+from .random import Generators, randn
 from .validation import check_same_trailing, check_tensor
 
 _SQRT2 = math.sqrt(2.0)
@@ -181,7 +181,7 @@ def spectral_coefficients(x: Tensor) -> Tensor:
     return f.real + f.imag
 
 
-def spectral_noise(log_power: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def spectral_noise(log_power: Tensor, generator: Generators = None) -> Tensor:
     """Gaussian noise (..., C, H, W) whose :func:`spectral_coefficients` are independent with
     log-variance ``log_power``. With log_power = 0 it is white standard-normal noise."""
     check_tensor("log_power", log_power, min_dim=2)
@@ -192,7 +192,7 @@ def spectral_noise(log_power: Tensor, generator: torch.Generator | None = None) 
     return torch.fft.ifft2(torch.complex(0.5 * (s + s_neg), 0.5 * (s - s_neg)), norm="ortho").real
 
 
-def spectral_gm_sample(gm: GaussianMixture, log_power: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def spectral_gm_sample(gm: GaussianMixture, log_power: Tensor, generator: Generators = None) -> Tensor:
     """One GM sample (..., C, H, W) whose pixels are correlated by the power spectrum ``log_power``; the
     marginal of every pixel is still that pixel's GM."""
     return gaussian_to_gm_kr(gm, spectral_noise(log_power, generator))

@@ -39,11 +39,12 @@ def value_checks_enabled() -> bool:
 
 
 def check_tensor(name: str, value: object, *, min_dim: int = 0) -> Tensor:
-    """Return ``value`` if it is a floating-point tensor with at least ``min_dim`` dimensions."""
+    """Return ``value`` if it is a floating-point tensor (half, bfloat16, float or double) with at least
+    ``min_dim`` dimensions."""
     if not isinstance(value, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must have a floating dtype (float32 or float64), got {value.dtype}")
+        raise ValueError(f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {value.dtype}")
     if value.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(value.shape)}")
     return value

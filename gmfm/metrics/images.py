@@ -1,4 +1,4 @@
-"""Image metrics for small grayscale datasets (MNIST) on the features of a small CNN classifier.
+"""Image metrics for small datasets (e.g. MNIST) on the features of a small CNN classifier trained on them.
 
 - Frechet distance (FD) between Gaussian fits of the classifier's penultimate features;
 - precision / recall (Kynkaanniemi et al. 2019): k-NN balls (k = 3) around real / generated features;
@@ -15,16 +15,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 
-class DigitClassifier(nn.Module):
-    """A small CNN for 1 x 32 x 32 images in [-1, 1]; ``features`` are its 128-d penultimate activations."""
+class SmallCNNClassifier(nn.Module):
+    """A small CNN for C x S x S images in [-1, 1] (S divisible by 8); ``features`` are its 128-d
+    penultimate activations (the feature space of FD / precision / recall)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 32) -> None:
         super().__init__()
+        if image_size % 8:
+            raise ValueError(f"image_size must be divisible by 8, got {image_size}")
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * (image_size // 8) ** 2, 128), nn.ReLU(),
         )
         self.head = nn.Linear(128, num_classes)
 
@@ -36,10 +39,10 @@ class DigitClassifier(nn.Module):
 
 
 def train_classifier(images: Tensor, labels: Tensor, epochs: int = 8, batch_size: int = 128, seed: int = 0,
-                     progress: bool = False) -> DigitClassifier:
-    """Train the feature extractor on (images (N, 1, 32, 32), labels (N,)); random shifts by up to 2 px."""
+                     progress: bool = False) -> SmallCNNClassifier:
+    """Train the feature extractor on (images (N, C, S, S), labels (N,)); random shifts by up to 2 px."""
     torch.manual_seed(seed)
-    model = DigitClassifier(int(labels.max()) + 1)
+    model = SmallCNNClassifier(int(labels.max()) + 1, images.shape[1], images.shape[-1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(images) + batch_size - 1) // batch_size)
@@ -56,7 +59,7 @@ def train_classifier(images: Tensor, labels: Tensor, epochs: int = 8, batch_size
 
 
 @torch.no_grad()
-def classifier_outputs(model: DigitClassifier, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+def classifier_outputs(model: SmallCNNClassifier, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """(features (N, 128), predicted classes (N,)) as float64 / int64."""
     feats, preds = [], []
     for chunk in images.split(batch_size):
@@ -110,8 +113,9 @@ class ImageMetrics:
         return asdict(self)
 
 
-def evaluate_images(classifier: DigitClassifier, samples: Tensor, sample_labels: Tensor, real: Tensor) -> ImageMetrics:
-    """All metrics of generated ``samples`` (N, 1, 32, 32) requested as ``sample_labels`` against ``real``."""
+def evaluate_images(classifier: SmallCNNClassifier, samples: Tensor, sample_labels: Tensor, real: Tensor) -> ImageMetrics:
+    """All metrics of generated ``samples`` (N, C, H, W) requested as ``sample_labels`` (N,) against ``real``
+    images (M, C, H, W)."""
     fake_feats, preds = classifier_outputs(classifier, samples.clamp(-1, 1))
     real_feats, _ = classifier_outputs(classifier, real)
     precision, recall = precision_recall(real_feats, fake_feats)

@@ -28,17 +28,19 @@ from diffusers.models.normalization import AdaLayerNormZero
 from torch import Tensor, nn
 
 from ..math.containers import GaussianMixture, IsoGaussian
+from .gm_head import GMOutputHead
+from .protocols import null_label
 
 
 class _ConditionEmbedding(nn.Module):
-    """Timestep (DiT's sinusoid, no frequency shift) + class embedding; class id num_classes is the null class."""
+    """Timestep (DiT's sinusoid, no frequency shift) + class embedding, with a row for the null class."""
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
         self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=dim)
         self.class_embedder = nn.Module()
-        self.class_embedder.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.class_embedder.embedding_table = nn.Embedding(null_label(num_classes) + 1, dim)
 
     def forward(self, timestep: Tensor, class_labels: Tensor, dtype: torch.dtype) -> Tensor:
         t_emb = self.timestep_embedder(self.time_proj(timestep).to(dtype))
@@ -62,31 +64,6 @@ class _DiTBlock(nn.Module):
         x = x + gate_msa.unsqueeze(1) * self.attn1(h)
         h = self.norm3(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         return x + gate_mlp.unsqueeze(1) * self.ff(h)
-
-
-class _GMOutput(nn.Module):
-    """Splits the final projection into means and log-softmaxed logits; log-std from the embedding."""
-
-    def __init__(self, embed_dim: int, constant_logstd: float | None, inner_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.constant_logstd = constant_logstd
-        if constant_logstd is None:
-            if num_layers < 1:
-                raise ValueError(f"gm_num_logstd_layers must be >= 1, got {num_layers}")
-            layers: list[nn.Module] = []
-            width = embed_dim
-            for _ in range(num_layers - 1):
-                layers += [nn.SiLU(), nn.Linear(width, inner_dim)]
-                width = inner_dim
-            self.logstd_layers = nn.Sequential(*layers, nn.SiLU(), nn.Linear(width, 1))
-
-    def forward(self, means: Tensor, logits: Tensor, emb: Tensor) -> GaussianMixture:
-        batch = means.shape[0]
-        if self.constant_logstd is None:
-            logstds = self.logstd_layers(emb).reshape(batch, 1, 1, 1, 1)
-        else:
-            logstds = means.new_full((batch, 1, 1, 1, 1), self.constant_logstd)
-        return GaussianMixture.from_logits(means, logits, logstds)
 
 
 class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
@@ -136,7 +113,12 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size})")
         dim = num_attention_heads * attention_head_dim
         self.out_channels = in_channels if out_channels is None else out_channels
-        self.gm_channels = num_gaussians * (self.out_channels + 1)
+        if constant_logstd is None:
+            self.gm_out = GMOutputHead(num_gaussians, self.out_channels, "embedding", embed_dim=dim,
+                                       logstd_inner_dim=logstd_inner_dim, logstd_layers=gm_num_logstd_layers)
+        else:
+            self.gm_out = GMOutputHead(num_gaussians, self.out_channels, "constant", constant_logstd=constant_logstd)
+        self.gm_channels = self.gm_out.raw_channels
         self.gradient_checkpointing = False
         self.pos_embed = PatchEmbed(height=sample_size, width=sample_size, patch_size=patch_size,
                                     in_channels=in_channels, embed_dim=dim)
@@ -149,8 +131,16 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.proj_out_1 = nn.Linear(dim, 2 * dim)
         self.proj_out_2 = nn.Linear(dim, patch_size * patch_size * self.gm_channels)
-        self.gm_out = _GMOutput(dim, constant_logstd, logstd_inner_dim, gm_num_logstd_layers)
         self.init_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_embeds_ada_norm
+
+    @property
+    def null_label(self) -> int:
+        """The unconditional class id (one extra row of the label table)."""
+        return null_label(self.config.num_embeds_ada_norm)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -170,9 +160,7 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(block.norm1.linear.bias)
         nn.init.zeros_(self.proj_out_1.weight)
         nn.init.zeros_(self.proj_out_1.bias)
-        if self.config.constant_logstd is None:
-            nn.init.zeros_(self.gm_out.logstd_layers[-1].weight)
-            nn.init.zeros_(self.gm_out.logstd_layers[-1].bias)
+        self.gm_out.zero_init_()
 
     def forward(self, hidden_states: Tensor, timestep: Tensor, class_labels: Tensor) -> GaussianMixture:
         batch, channels, height, width = hidden_states.shape
@@ -183,9 +171,8 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"latent size {height} x {width} is not divisible by the patch size {p}")
         if class_labels is None or class_labels.shape != (batch,):
             raise ValueError(f"class_labels must be a (B,) = ({batch},) tensor of class ids")
-        num_classes = self.config.num_embeds_ada_norm
-        if bool(((class_labels < 0) | (class_labels > num_classes)).any()):
-            raise ValueError(f"class_labels must be in [0, {num_classes}] ({num_classes} = null class)")
+        if bool(((class_labels < 0) | (class_labels > self.null_label)).any()):
+            raise ValueError(f"class_labels must be in [0, {self.null_label}] ({self.null_label} = null class)")
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
         x = self.pos_embed(hidden_states)
         emb = self.emb(timestep, class_labels, hidden_states.dtype)
@@ -199,10 +186,7 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
         h, w = height // p, width // p
         x = self.proj_out_2(x).reshape(batch, h, w, p, p, self.gm_channels)
         x = x.permute(0, 5, 1, 3, 2, 4).reshape(batch, self.gm_channels, height, width)
-        k, c = self.config.num_gaussians, self.out_channels
-        means = x[:, : k * c].reshape(batch, k, c, height, width)
-        logits = x[:, k * c :].reshape(batch, k, 1, height, width)
-        return self.gm_out(means, logits, emb.detach())
+        return self.gm_out(x, emb)
 
 
 class SpectrumMLP(ModelMixin, ConfigMixin):

@@ -11,6 +11,7 @@ from ..math.containers import GaussianMixture
 from ..math.validation import as_sigma
 from .embeddings import position_embedding, timestep_embedding
 from .gm_head import GMOutputHead
+from .protocols import null_label
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class MLP2DConfig:
     hidden_dim: int = 512
     num_layers: int = 5
     embed_dim: int = 256
-    num_classes: int = 0  # > 0: class-conditional, class id num_classes is the null (unconditional) class
+    num_classes: int = 0  # > 0: class-conditional, with the null (unconditional) class null_label(num_classes)
     pos_min_period: float = 5e-3
     pos_max_period: float = 50.0
     constant_logstd: float | None = None
@@ -35,9 +36,10 @@ class GMFlowMLP2D(nn.Module):
 
     Inputs are embedded (time: 256-d sinusoidal of 1000 sigma; position: 256-d sinusoidal), concatenated
     (plus a class embedding when conditional), passed through ``num_layers`` Linear + SiLU layers, and
-    turned into a GM with K components by :class:`GMOutputHead` (logits and log-std heads zero-
-    initialised, log-std from the features as in the official model). With K = 1 and an L2 loss on the
-    mean it is the plain flow-matching baseline.
+    projected to the raw GM channels and turned into a GM with K components by :class:`GMOutputHead`
+    (logit and log-std rows zero-initialised, log-std from the features as in the official model). With
+    K = 1 and an L2 loss on the mean it is the plain flow-matching baseline. Returns the u-GM
+    (B, K, 2, 1, 1).
     """
 
     def __init__(self, config: MLP2DConfig | None = None, **overrides) -> None:
@@ -53,16 +55,26 @@ class GMFlowMLP2D(nn.Module):
             layers += [nn.Linear(in_dim, config.hidden_dim), nn.SiLU()]
             in_dim = config.hidden_dim
         self.net = nn.Sequential(*layers)
-        logstd = "features" if config.constant_logstd is None else config.constant_logstd
-        self.head = GMOutputHead(config.hidden_dim, 2, config.num_components, logstd=logstd)
+        if config.constant_logstd is None:
+            self.head = GMOutputHead(config.num_components, 2, "features")
+        else:
+            self.head = GMOutputHead(config.num_components, 2, "constant", constant_logstd=config.constant_logstd)
+        self.proj = nn.Linear(config.hidden_dim, self.head.raw_channels)  # one matrix product for the GM
         self._init_weights()
 
+    @torch.no_grad()
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        self.head.zero_init_()  # undone by the loop above
+        # logit and log-std rows start at zero: equal component weights and log-std 0
+        means_end = self.config.num_components * 2
+        self.proj.weight[means_end:].zero_()
+
+    @property
+    def null_label(self) -> int:
+        return null_label(self.config.num_classes)
 
     def forward(self, x_t: Tensor, sigma: object, labels: Tensor | None = None) -> GaussianMixture:
         if x_t.dim() != 4 or x_t.shape[1:] != (2, 1, 1):
@@ -77,7 +89,7 @@ class GMFlowMLP2D(nn.Module):
         if self.config.num_classes:
             if labels is None:
                 raise ValueError("labels are required by a class-conditional model (use num_classes for null)")
-            if bool(((labels < 0) | (labels > self.config.num_classes)).any()):
-                raise ValueError(f"labels must be in [0, {self.config.num_classes}] ({self.config.num_classes} = null)")
+            if bool(((labels < 0) | (labels > self.null_label)).any()):
+                raise ValueError(f"labels must be in [0, {self.null_label}] ({self.null_label} = null)")
             parts.append(self.class_embedding(labels.long()))
-        return self.head(self.net(torch.cat(parts, dim=-1)))
+        return self.head(self.proj(self.net(torch.cat(parts, dim=-1)))[:, :, None, None])

@@ -1,12 +1,15 @@
-"""diffusers pipelines: class-conditional GM-DiT sampling from the official layout."""
+"""diffusers pipelines: class-conditional GM-DiT sampling from the official layout, and its schedulers
+(imported on first use: they load diffusers' pipeline machinery)."""
+
+__all__ = ["GMDiTPipeline", "GMFlowSDEScheduler", "FlowEulerODEScheduler"]
+
+_LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMFlowSDEScheduler": "..solvers.schedulers",
+         "FlowEulerODEScheduler": "..solvers.schedulers"}
 
 
 def __getattr__(name: str):
-    if name == "GMDiTPipeline":  # imports diffusers' pipeline machinery only when used
-        from .gmdit_pipeline import GMDiTPipeline
+    if name in _LAZY:
+        import importlib
 
-        return GMDiTPipeline
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["GMDiTPipeline"]

@@ -26,7 +26,9 @@ from torch import Tensor
 from ..math.random import randn
 from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 from ..models.gmflow_model import GMFlowModel
+from ..guidance import ProbabilisticGuidance
 from ..solvers.gm_solver import gmflow_sample
+from ..solvers.second_order import DEFAULT_COEFS
 from ..solvers.schedulers import SCHEDULERS, FlowEulerODEScheduler, GMFlowSDEScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -123,7 +125,7 @@ class GMDiTPipeline(DiffusionPipeline):
         output_mode: str = "mean",
         order: int = 2,
         orthogonal_guidance: float = 1.0,
-        gm2_coefs: tuple[float, float] = (0.005, 1.0),
+        gm2_coefs: tuple[float, float] = DEFAULT_COEFS,
         use_spectrum: bool = True,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
@@ -152,7 +154,7 @@ class GMDiTPipeline(DiffusionPipeline):
         config = self.transformer.config
         shape = (len(labels), config.in_channels, config.sample_size, config.sample_size)
         noise = randn(shape, generator, torch.empty((), dtype=torch.float32, device=device))
-        null = torch.full_like(labels, config.num_embeds_ada_norm)
+        null = torch.full_like(labels, self.transformer.null_label)
         spectrum = self.spectrum_net if (output_mode == "sample" and use_spectrum) else None
         sample = gmflow_sample(
             GMFlowModel(self.transformer), noise, num_inference_steps,
@@ -161,9 +163,8 @@ class GMDiTPipeline(DiffusionPipeline):
             substeps=num_inference_substeps if output_mode == "mean" else 1,
             shift=self.scheduler.config.shift,
             condition=labels,
-            uncond_condition=null if guidance_scale > 0 else None,
-            guidance_scale=guidance_scale,
-            orthogonal_guidance=orthogonal_guidance,
+            uncond_condition=null,
+            guidance=ProbabilisticGuidance(guidance_scale, orthogonal_guidance),
             second_order_coefs=tuple(gm2_coefs),
             spectrum=(lambda g: spectrum(g.to(spectrum.dtype))) if spectrum is not None else None,
             generator=generator,

@@ -1,4 +1,4 @@
-"""Every solver under one name, for the command line and benchmarks.
+"""Every solver under one name, for the command line, experiments and benchmarks.
 
 GM solvers (need a GMFlow model): ``gmsde``, ``gmsde2`` (GM-SDE, order 1/2), ``gmode``, ``gmode2`` (GM-ODE,
 order 1/2, with substeps). Flow solvers (any model, GM models through their mean): see
@@ -14,21 +14,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..guidance.base import Guidance
+from ..math.random import Generators
+from ..models.protocols import Denoiser, SpectrumModel, VelocityModel
 from .flow_solvers import FLOW_SOLVERS, flow_sample, mean_velocity
 from .gm_solver import gmflow_sample
 
 GM_SOLVERS = ("gmsde", "gmsde2", "gmode", "gmode2")
 SOLVER_NAMES = GM_SOLVERS + FLOW_SOLVERS
+#: Total GM-ODE substeps the paper spreads over a run (2-D: ceil(128 / NFE) per step).
+SUBSTEP_BUDGET = 128
+#: Most GM-ODE substeps per step on images (the paper: 16 at NFE 8, 4 at NFE 32).
+IMAGE_MAX_SUBSTEPS = 16
 
 
-def default_substeps(nfe: int, budget: int = 128) -> int:
-    """GM-ODE substeps per step: ceil(budget / nfe) (the paper's 2-D choice, budget 128)."""
-    return max(1, math.ceil(budget / nfe))
+def default_substeps(nfe: int, max_substeps: int | None = None) -> int:
+    """GM-ODE substeps per step: ceil(128 / nfe), at most ``max_substeps`` (images:
+    :data:`IMAGE_MAX_SUBSTEPS`; 2-D: no cap)."""
+    n = max(1, math.ceil(SUBSTEP_BUDGET / nfe))
+    return n if max_substeps is None else min(n, max_substeps)
+
+
+def is_gm_solver(solver: str) -> bool:
+    return solver in GM_SOLVERS
 
 
 def sample_with(
     solver: str,
-    model: Any,
+    model: Denoiser | VelocityModel,
     noise: Tensor,
     nfe: int,
     *,
@@ -36,33 +49,35 @@ def sample_with(
     substeps: int | None = None,
     condition: Any = None,
     uncond_condition: Any = None,
-    guidance_scale: float = 0.0,
-    orthogonal_guidance: float = 1.0,
-    cfg_scale: float = 1.0,
-    spectrum: Any = None,
-    generator: torch.Generator | None = None,
+    guidance: Guidance | None = None,
+    spectrum: SpectrumModel | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
-    """Sample (B, C, H, W) with the named solver. ``substeps`` defaults to :func:`default_substeps` for
-    GM-ODE and 1 for GM-SDE; ``guidance_scale`` is probabilistic guidance (GM solvers; ``orthogonal_guidance``
-    its projection weight), ``cfg_scale`` is
-    vanilla CFG (GM solvers: on the GM mean; flow solvers: on the velocity); ``spectrum`` turns on spectral
-    sampling for the GM-SDE solvers."""
+    """Sample (B, C, H, W) from ``noise`` (B, C, H, W) with the named solver.
+
+    Args:
+        solver: one of :data:`SOLVER_NAMES`.
+        model: a denoiser (GM solvers; flow solvers use its mean) or a velocity model (flow solvers).
+        nfe: network evaluations.
+        substeps: GM-ODE substeps per step; default :func:`default_substeps` for GM-ODE, 1 for GM-SDE.
+        guidance: any :class:`gmfm.guidance.Guidance` (flow solvers accept those that guide point
+            predictions, i.e. CFG); ``uncond_condition`` is then required.
+        spectrum: turns on spectral sampling for the GM-SDE solvers (ignored by the others).
+        generator: drives every random draw.
+    """
     if solver not in SOLVER_NAMES:
         raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
-    if solver in GM_SOLVERS:
+    if is_gm_solver(solver):
         method = "sde" if solver.startswith("gmsde") else "ode"
         if substeps is None:
             substeps = default_substeps(nfe) if method == "ode" else 1
         return gmflow_sample(
             model, noise, nfe, method=method, order=2 if solver.endswith("2") else 1, substeps=substeps,
-            shift=shift, condition=condition, uncond_condition=uncond_condition, guidance_scale=guidance_scale,
-            orthogonal_guidance=orthogonal_guidance, cfg_scale=None if cfg_scale == 1.0 else cfg_scale, spectrum=spectrum if method == "sde" else None,
-            generator=generator, progress=progress,
+            shift=shift, condition=condition, uncond_condition=uncond_condition, guidance=guidance,
+            spectrum=spectrum if method == "sde" else None, generator=generator, progress=progress,
         ).sample
-    if guidance_scale:
-        raise ValueError("guidance_scale (probabilistic guidance) needs a GM solver; use cfg_scale")
     return flow_sample(
         mean_velocity(model), noise, nfe, solver=solver, shift=shift, condition=condition,
-        uncond_condition=uncond_condition, cfg_scale=cfg_scale, generator=generator, progress=progress,
+        uncond_condition=uncond_condition, guidance=guidance, generator=generator, progress=progress,
     ).sample

@@ -15,7 +15,6 @@ The multistep solvers work in log-SNR, which is -inf at sigma = 1; their first n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +22,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..guidance.cfg import cfg_velocity
+from ..guidance.base import Guidance, active_guidance, point_prediction_error
 from ..math.containers import GaussianMixture
 from ..math.flow import euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean
-from ..math.random import randn
-from ..math.validation import check_finite, check_float_in, check_positive_int, check_tensor
+from ..math.random import Generators, check_generators, randn
+from ..math.validation import check_finite, check_positive_int, check_tensor
+from ..models.protocols import Denoiser, VelocityModel
 from .gm_solver import concat_conditions
 from .timesteps import flow_sigmas
 
-VelocityModel = Callable[[Tensor, Tensor, Any], Tensor]
 FLOW_SOLVERS = ("euler", "ddpm_small", "ddpm_large", "dpmpp2m", "dpmpp2m_sde", "unipc")
 #: First noise level of the log-SNR multistep solvers.
 MULTISTEP_SIGMA_MAX = 1.0 - 1.0 / 1000
@@ -46,7 +45,7 @@ class FlowSampleOutput:
     x0_predictions: list[Tensor] | None = None
 
 
-def mean_velocity(denoiser: Callable) -> VelocityModel:
+def mean_velocity(denoiser: Denoiser | VelocityModel) -> VelocityModel:
     """Wrap a denoiser as a velocity model: a returned u-GM becomes its mean (the flow-matching velocity,
     so GMFlow models run with the baseline solvers too); a returned tensor passes through."""
 
@@ -107,8 +106,8 @@ def flow_sample(
     shift: float = 1.0,
     condition: Any = None,
     uncond_condition: Any = None,
-    cfg_scale: float = 1.0,
-    generator: torch.Generator | None = None,
+    guidance: Guidance | None = None,
+    generator: Generators = None,
     return_x0: bool = False,
     progress: bool = False,
 ) -> FlowSampleOutput:
@@ -118,8 +117,13 @@ def flow_sample(
         model: ``(x_t, sigma (B',), condition) -> u``; under CFG called once per step on [cond; uncond].
         noise: (B, C, H, W). steps: network evaluations >= 1. solver: one of :data:`FLOW_SOLVERS`.
         shift: time shift of the grid (as for the GM solvers).
-        cfg_scale: classifier-free guidance u_uncond + scale (u_cond - u_uncond); 1 disables it.
+        condition, uncond_condition: passed to the model; under guidance it sees [condition; uncond_condition].
+        guidance: a guidance that acts on point predictions (``ClassifierFreeGuidance(scale)``:
+            u_uncond + scale (u_cond - u_uncond)); None = unguided.
         generator: drives the noise of the stochastic solvers.
+
+    Returns:
+        :class:`FlowSampleOutput` with ``sample`` (B, C, H, W).
     """
     check_tensor("noise", noise, min_dim=4)
     if noise.dim() != 4:
@@ -128,11 +132,13 @@ def flow_sample(
     check_positive_int("steps", steps)
     if solver not in FLOW_SOLVERS:
         raise ValueError(f"solver must be one of {FLOW_SOLVERS}, got {solver!r}")
-    cfg_scale = check_float_in("cfg_scale", cfg_scale, 0.0, float("inf"))
-    guided = cfg_scale != 1.0
-    if guided and uncond_condition is None:
-        raise ValueError("uncond_condition is required when cfg_scale != 1")
-    model_condition = concat_conditions(condition, uncond_condition) if guided else condition
+    generator = check_generators(generator, noise.shape[0])
+    guidance = active_guidance(guidance)
+    if guidance is not None and not guidance.guides_point_predictions:
+        raise ValueError(point_prediction_error(guidance))
+    if guidance is not None and uncond_condition is None:
+        raise ValueError(f"uncond_condition is required by {guidance}")
+    model_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
 
     grid = flow_sigmas(steps, shift)
     multistep = solver in ("dpmpp2m", "dpmpp2m_sde", "unipc")
@@ -143,11 +149,11 @@ def flow_sample(
     x0_predictions: list[Tensor] = []
     for i in tqdm(range(steps), disable=not progress, desc=f"flow sampling ({solver})"):
         sigma, sigma_to = sigmas[i], sigmas[i + 1]
-        x_in = torch.cat([x, x]) if guided else x
+        x_in = torch.cat([x, x]) if guidance is not None else x
         u = model(x_in, torch.full((x_in.shape[0],), sigma, dtype=x.dtype, device=x.device), model_condition)
         u = u.to(x.dtype)
-        if guided:
-            u = cfg_velocity(u[:batch], u[batch:], cfg_scale)
+        if guidance is not None:
+            u = guidance.guide_prediction(u[:batch], u[batch:])
         if return_x0:
             x0_predictions.append(u_to_x0(u, x, sigma))
         if scheduler is not None:

@@ -1,17 +1,17 @@
 """GM-SDE and GM-ODE samplers (paper Sec. 3.2, 3.5), order 1 and 2, with guidance.
 
-A denoiser is any callable ``denoiser(x_t, sigma, condition) -> GaussianMixture`` returning the u-GM
-(B, K, C, H, W) at x_t (B, C, H, W) and noise level sigma (B,): a trained GMFlow network wrapped to that
-signature, or :class:`gmfm.models.AnalyticGMDenoiser`.
+A denoiser (:class:`gmfm.models.Denoiser`) is any callable ``denoiser(x_t, sigma, condition)`` returning
+the u-GM (B, K, C, H, W) at x_t (B, C, H, W) and noise level sigma (B,): a trained GMFlow network, or
+:class:`gmfm.models.AnalyticGMDenoiser`.
 
-Under guidance the denoiser is called ONCE per step on a doubled batch: rows [0, B) hold the
-conditional inputs (``condition``), rows [B, 2B) the unconditional ones (``uncond_condition``); the
-same x_t and sigma are used for both halves.
+Under guidance (a :class:`gmfm.guidance.Guidance` value that needs the unconditional pass) the denoiser is
+called ONCE per step on a doubled batch: rows [0, B) hold the conditional inputs (``condition``), rows
+[B, 2B) the unconditional ones (``uncond_condition``); the same x_t and sigma are used for both halves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,18 +19,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..guidance.cfg import cfg_gm
-from ..guidance.probabilistic import GuidanceOutput, probabilistic_guidance
-from ..math.containers import GaussianMixture, IsoGaussian
+from ..guidance.base import Guidance, GuidedGM, active_guidance
+from ..math.containers import GaussianMixture
 from ..math.flow import DenoisingGMConverter, euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean, gm_sample, gm_to_iso_gaussian
 from ..math.spectral import spectral_gm_sample
-from ..math.random import randn
-from ..math.validation import check_finite, check_float_in, check_positive_int, check_tensor
+from ..math.random import Generators, check_generators, randn
+from ..math.validation import check_finite, check_positive_int, check_tensor
+from ..models.protocols import Denoiser, SpectrumModel
 from .second_order import DEFAULT_COEFS, SecondOrderState, second_order_correction
 from .timesteps import flow_sigmas
-
-Denoiser = Callable[[Tensor, Tensor, Any], GaussianMixture]
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,12 +102,10 @@ def gmflow_sample(
     shift: float = 1.0,
     condition: Any = None,
     uncond_condition: Any = None,
-    guidance_scale: float = 0.0,
-    orthogonal_guidance: float = 1.0,
-    cfg_scale: float | None = None,
+    guidance: Guidance | None = None,
     second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
-    spectrum: Callable[[IsoGaussian], Tensor] | None = None,
-    generator: torch.Generator | None = None,
+    spectrum: SpectrumModel | None = None,
+    generator: Generators = None,
     return_steps: bool = False,
     progress: bool = False,
     check_outputs: bool = True,
@@ -127,19 +123,21 @@ def gmflow_sample(
             GM re-conditioned on the current (x, sigma); GM-SDE substeps sample from that GM (exact for an
             exact GM; the official code allows only n = 1 for GM-SDE).
         shift: time shift of the grid (see :func:`flow_sigmas`).
-        condition, uncond_condition: passed to the denoiser; under guidance both are batched in one call
-            as [condition; uncond_condition] (see :func:`concat_conditions`).
-        guidance_scale: probabilistic guidance w in [0, 1); 0 disables it.
-        orthogonal_guidance: in [0, 1], projection weight of probabilistic guidance.
-        cfg_scale: vanilla CFG on the GM instead (shift all component means; 1 = conditional only),
-            for comparison; cannot be combined with ``guidance_scale``.
+        condition: passed to the denoiser (e.g. class ids (B,)).
+        uncond_condition: the unconditional input; under guidance the denoiser sees
+            [condition; uncond_condition] (see :func:`concat_conditions`).
+        guidance: e.g. ``ProbabilisticGuidance(0.3)`` or ``ClassifierFreeGuidance(2.0)``; None = unguided.
         second_order_coefs: (ca, cb) damping coefficients of order 2.
         spectrum: GM-SDE only: maps the step's x0 Gaussian to the log power spectrum (B, C, H, W) of the
             sampling noise (e.g. a :class:`gmfm.models.SpectrumMLP`); x0 is then drawn by spectral sampling.
-        generator: drives every random draw (GM sampling and SDE noise).
+        generator: drives every random draw (GM sampling and SDE noise); a list of B generators makes
+            sample i depend on generator i only.
         return_steps: also return one :class:`GMFlowStep` per evaluation.
         progress: show a progress bar.
         check_outputs: raise ``ValueError`` when the denoiser returns NaN/inf.
+
+    Returns:
+        :class:`GMFlowSampleOutput` with ``sample`` (B, C, H, W).
     """
     check_tensor("noise", noise, min_dim=4)
     if noise.dim() != 4:
@@ -153,16 +151,11 @@ def gmflow_sample(
         raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
     if spectrum is not None and method != "sde":
         raise ValueError("spectrum (spectral sampling) applies to method='sde' only")
-    guidance_scale = check_float_in("guidance_scale", guidance_scale, 0.0, 1.0, high_open=True)
-    check_float_in("orthogonal_guidance", orthogonal_guidance, 0.0, 1.0)
-    if cfg_scale is not None:
-        cfg_scale = check_float_in("cfg_scale", cfg_scale, 0.0, float("inf"))
-        if guidance_scale > 0:
-            raise ValueError("use either guidance_scale (probabilistic) or cfg_scale (vanilla CFG), not both")
-    guided = guidance_scale > 0 or (cfg_scale is not None and cfg_scale != 1.0)
-    if guided and uncond_condition is None:
-        raise ValueError("uncond_condition is required when guidance_scale > 0 or cfg_scale != 1")
-    denoiser_condition = concat_conditions(condition, uncond_condition) if guided else condition
+    generator = check_generators(generator, noise.shape[0])
+    guidance = active_guidance(guidance)
+    if guidance is not None and uncond_condition is None:
+        raise ValueError(f"uncond_condition is required by {guidance}")
+    denoiser_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
 
     sigmas = flow_sigmas(steps * substeps, shift).tolist()
     batch = noise.shape[0]
@@ -173,29 +166,23 @@ def gmflow_sample(
     for i in tqdm(range(steps), disable=not progress, desc="GMFlow sampling"):
         first = i * substeps
         sigma = sigmas[first]
-        x_in = torch.cat([x, x]) if guided else x
+        x_in = torch.cat([x, x]) if guidance is not None else x
         # Noise levels stay Python floats on this path: no device synchronisation for argument checks.
         gm_u = _call_denoiser(denoiser, x_in, sigma, denoiser_condition, i, check_outputs)
         x0_gm = u_to_x0(gm_u, x_in, sigma)
-
-        guidance: GuidanceOutput | None = None
-        if guided:
-            cond, uncond = x0_gm[:batch], x0_gm[batch:]
-            if cfg_scale is not None:
-                x0_gm = cfg_gm(cond, uncond, cfg_scale)
-            else:
-                guidance = probabilistic_guidance(cond, uncond, guidance_scale, orthogonal_guidance)
-                x0_gm = guidance.gm
+        guided = guidance.guide_gm(x0_gm[:batch], x0_gm[batch:]) if guidance is not None else None
 
         if order == 2:
             h = sigma - sigmas[first + substeps]  # the last step has sigma_next = 0, so h = sigma
             corrected = second_order_correction(
-                x0_gm, x, sigma, h, previous, guidance, guidance_scale, second_order_coefs
+                guided or GuidedGM.unguided(x0_gm), x, sigma, h, previous, second_order_coefs
             )
-            x0_gm, previous = corrected.gm, corrected.state
-        step_gaussian = corrected.gaussian if order == 2 else None
-        if step_gaussian is None and guidance is not None:
-            step_gaussian = guidance.target
+            x0_gm, previous, step_gaussian = corrected.gm, corrected.state, corrected.gaussian
+        else:
+            x0_gm = guided.gm if guided is not None else x0_gm
+            step_gaussian = None
+        if step_gaussian is None and guided is not None:
+            step_gaussian = guided.target
 
         converter = DenoisingGMConverter.create(x0_gm, x, sigma) if substeps > 1 else None
         for j in range(substeps):

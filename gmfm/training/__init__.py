@@ -1,11 +1,23 @@
-"""Training: the loop, EMA schedules and atomic safetensors checkpoints."""
+"""Training: the loop (one process or torchrun + DDP), its settings, EMA schedules, atomic verified
+checkpoints and the run-folder lock."""
 
-from .checkpoint import Checkpoint, load_checkpoint, load_optimizer_state, load_trained_model, save_checkpoint
-from .ema import EMA, karras_ema_beta, rampup_ema_beta
-from .trainer import (
+from .checkpoint import (
     CHECKPOINT_NAME,
+    Checkpoint,
+    load_checkpoint,
+    load_optimizer_state,
+    load_trained_model,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .distributed import Distributed, setup_distributed, teardown_distributed
+from .ema import EMA, karras_ema_beta, rampup_ema_beta
+from .run_lock import RunFolderBusyError, RunLock
+from .trainer import (
+    LossModule,
     NonFiniteLossError,
-    TrainConfig,
+    SettingsChangedError,
     TrainResult,
     make_optimizer,
     step_generator,
@@ -16,16 +28,24 @@ __all__ = [
     "train",
     "TrainConfig",
     "TrainResult",
+    "LossModule",
     "NonFiniteLossError",
+    "SettingsChangedError",
+    "RunFolderBusyError",
+    "RunLock",
+    "Distributed",
+    "setup_distributed",
+    "teardown_distributed",
     "step_generator",
     "make_optimizer",
-    "CHECKPOINT_NAME",
     "EMA",
     "karras_ema_beta",
     "rampup_ema_beta",
+    "CHECKPOINT_NAME",
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "load_optimizer_state",
     "load_trained_model",
+    "resolve_checkpoint",
 ]

@@ -1,18 +1,21 @@
-"""Training checkpoints in safetensors, written atomically, with clear errors on bad files.
+"""Training checkpoints in safetensors, written atomically, verified on load.
 
 One file holds the model (``model/...``), its EMA (``ema/...``), the optimizer state
-(``optimizer/<param index>/<key>``) and JSON metadata (step, optimizer hyper-parameters, how to rebuild the
-model, the training configuration). A save writes a temporary file next to the target and renames it,
-so a crash mid-save never destroys the previous checkpoint.
+(``optimizer/<param index>/<key>``) and JSON metadata (step, optimizer hyper-parameters, the run's
+settings, a CRC-32 checksum of every tensor's bytes). A save writes a temporary file next to the target
+and renames it, so a crash mid-save never destroys the previous checkpoint; temporary files left by a
+killed save are removed by the next save. Loading checks the format, the metadata and the checksums and
+names the file in every error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,9 +27,24 @@ FORMAT = "gmfm-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the trainer's file in its output folder
 
 
+def _tensor_crc(t: Tensor) -> int:
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return zlib.crc32(memoryview(data))
+
+
+def tensors_checksum(tensors: dict[str, Tensor]) -> str:
+    """CRC-32 over every tensor's name, dtype, shape and bytes, in name order (hex)."""
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(_tensor_crc(t).to_bytes(4, "little"), crc)
+    return f"{crc:08x}"
+
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
-    """A loaded checkpoint: ``tensors`` by name and decoded ``metadata`` (step, model, config...)."""
+    """A loaded checkpoint: ``tensors`` by name and decoded ``metadata`` (step, model, settings...)."""
 
     path: Path
     tensors: dict[str, Tensor]
@@ -63,6 +81,13 @@ class Checkpoint:
                              + ", ".join(problems))
         module.load_state_dict(state)
 
+    def check_finite(self, prefix: str | None = None) -> None:
+        """Raise ValueError naming the first tensor (under ``prefix/``) holding NaN or inf."""
+        for name, t in self.tensors.items():
+            if (prefix is None or name.startswith(prefix + "/")) and t.is_floating_point() and \
+                    not bool(torch.isfinite(t).all()):
+                raise ValueError(f"checkpoint {self.path}: tensor {name} holds NaN or inf values")
+
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
     state = optimizer.state_dict()
@@ -73,19 +98,46 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
     return tensors, state["param_groups"]
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of earlier saves of ``path`` whose writer process is gone."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            pid = -1
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its writer still runs
+        except (ProcessLookupError, ValueError, OverflowError):
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, step: int, *, ema: nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, metadata: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, then rename).
+
+    Raises ValueError (nothing written) if a model or EMA weight is NaN or inf.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"refusing to save {path}: weight {name} holds NaN or inf values")
     meta: dict[str, Any] = {**(metadata or {}), "format": FORMAT, "step": step}
     if optimizer is not None:
         opt_tensors, param_groups = _optimizer_tensors(optimizer)
         tensors.update({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()})
         meta["optimizer_param_groups"] = param_groups
+    meta["checksum"] = tensors_checksum(tensors)
     encoded = {k: json.dumps(v) for k, v in meta.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -99,24 +151,40 @@ def save_checkpoint(path: str | Path, model: nn.Module, step: int, *, ema: nn.Mo
     return path
 
 
+def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} is not a gmfm checkpoint (format {metadata.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    step = metadata.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"checkpoint {path} has an invalid step {step!r} in its metadata (expected an integer >= 0)")
+    for key in ("model", "settings"):
+        if key in metadata and not isinstance(metadata[key], dict):
+            raise ValueError(f"checkpoint {path} has invalid '{key}' metadata (expected a table)")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint; FileNotFoundError / ValueError name the file and what is wrong with it."""
+    """Read and verify a checkpoint; FileNotFoundError / ValueError name the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             raw = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
     try:
         metadata = {k: json.loads(v) for k, v in raw.items()}
     except json.JSONDecodeError as err:
         raise ValueError(f"checkpoint {path} has unreadable metadata: {err}") from err
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} is not a gmfm checkpoint (format {metadata.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+    _check_metadata(path, metadata)
+    expected = metadata.get("checksum")
+    if expected is not None and tensors_checksum(tensors) != expected:
+        raise ValueError(f"checkpoint {path} is damaged: its tensor data does not match the checksum in its "
+                         "metadata")
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return Checkpoint(path, tensors, metadata)
 
 
@@ -136,18 +204,20 @@ def load_optimizer_state(checkpoint: Checkpoint, optimizer: torch.optim.Optimize
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_trained_model(path: str | Path, expected_class: str, build: Callable[[dict[str, Any]], nn.Module],
-                       use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a trainer checkpoint (a file, or the folder holding
-    ``checkpoint.safetensors``): ``build(model_metadata)`` makes the module, then the EMA weights (when
-    present and ``use_ema``) or the raw weights are loaded. Returns (model in eval mode, model metadata)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the run folder holding ``checkpoint.safetensors``."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    ckpt = load_checkpoint(path, device)
-    meta = ckpt.metadata.get("model", {})
-    if meta.get("class") != expected_class:
-        raise ValueError(f"checkpoint {path} holds a {meta.get('class')!r} model, expected {expected_class!r}")
-    model = build(meta)
-    ckpt.load_into(model, "ema" if use_ema and ckpt.state_dict("ema") else "model")
-    return model.to(device).eval(), meta
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def load_trained_model(path: str | Path, build: Callable[[Checkpoint], nn.Module], use_ema: bool = True,
+                       device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a trained model: ``build(checkpoint)`` makes the module from the checkpoint's metadata,
+    then the EMA weights (when present and ``use_ema``) or the raw weights are loaded and checked to be
+    finite. Returns (model in eval mode on ``device``, the checkpoint)."""
+    ckpt = load_checkpoint(resolve_checkpoint(path))
+    model = build(ckpt)
+    prefix = "ema" if use_ema and ckpt.state_dict("ema") else "model"
+    ckpt.check_finite(prefix)
+    ckpt.load_into(model, prefix)
+    return model.to(device).eval(), ckpt

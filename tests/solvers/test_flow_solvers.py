@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmfm import AnalyticGMDenoiser
+from gmfm import AnalyticGMDenoiser, ClassifierFreeGuidance, ProbabilisticGuidance
 from gmfm.data import make_toy_dataset
 from gmfm.metrics import noise_floor, total_variation
 from gmfm.solvers import FLOW_SOLVERS, SOLVER_NAMES, default_substeps, flow_sample, mean_velocity, sample_with
@@ -53,9 +53,10 @@ def test_cfg_on_the_velocity():
     cond, uncond = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
     plain = flow_sample(velocity, noise, 3, condition=cond).sample
     assert torch.equal(plain, flow_sample(velocity, noise, 3, condition=cond, uncond_condition=uncond,
-                                          cfg_scale=1.0).sample)
+                                          guidance=ClassifierFreeGuidance(1.0)).sample)
     # one Euler step from sigma = 1 lands on the x0 prediction: the CFG-extrapolated data mean
-    out = flow_sample(velocity, noise, 1, condition=cond, uncond_condition=uncond, cfg_scale=2.0).sample
+    out = flow_sample(velocity, noise, 1, condition=cond, uncond_condition=uncond,
+                      guidance=ClassifierFreeGuidance(2.0)).sample
     mean_c, mean_u = means[0].mean(0).flatten(), means[1].mean(0).flatten()
     torch.testing.assert_close(out.reshape(8, 2), (mean_u + 2.0 * (mean_c - mean_u)).expand(8, 2))
 
@@ -70,11 +71,11 @@ def test_named_solvers_and_validation():
     assert default_substeps(1) == 128 and default_substeps(3) == 43 and default_substeps(256) == 1
     with pytest.raises(ValueError, match="solver must be one of"):
         sample_with("heun", oracle, noise, 2)
-    with pytest.raises(ValueError, match="needs a GM solver"):
-        sample_with("euler", oracle, noise, 2, guidance_scale=0.3, uncond_condition=torch.zeros(16))
+    with pytest.raises(ValueError, match="ProbabilisticGuidance guides Gaussian mixtures only: use a GM solver"):
+        sample_with("euler", oracle, noise, 2, guidance=ProbabilisticGuidance(0.3), uncond_condition=torch.zeros(16))
     with pytest.raises(ValueError, match="solver must be one of"):
         flow_sample(mean_velocity(oracle), noise, 2, solver="gmsde")
     with pytest.raises(ValueError, match="uncond_condition is required"):
-        flow_sample(mean_velocity(oracle), noise, 2, cfg_scale=3.0)
+        flow_sample(mean_velocity(oracle), noise, 2, guidance=ClassifierFreeGuidance(3.0))
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         flow_sample(mean_velocity(oracle), noise, 0)

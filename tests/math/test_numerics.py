@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, gmflow_sample, probabilistic_guidance
+from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance
 from gmfm.math import (
     convert_denoising_gm,
     convert_denoising_gm_mean,
@@ -172,7 +172,7 @@ def test_float32_and_float64_samplers_agree():
                                 torch.randn(2, 4, 1, 4, 4, generator=g, dtype=torch.float64), -1.5)
     noise = torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64)
     kw = dict(steps=6, order=2, substeps=4, shift=2.0, condition=torch.tensor([0, 1, 0, 1]),
-              uncond_condition=torch.tensor([1, 0, 1, 0]), guidance_scale=0.3)
+              uncond_condition=torch.tensor([1, 0, 1, 0]), guidance=ProbabilisticGuidance(0.3))
     x64 = gmflow_sample(oracle, noise, **kw).sample
     x32 = gmflow_sample(oracle.float(), noise.float(), **kw).sample
     assert x32.dtype == torch.float32
@@ -190,7 +190,7 @@ def test_cuda_matches_cpu():
         for device in ("cpu", "cuda"):
             outs.append(gmflow_sample(
                 oracle.to(device), noise.to(device), 4, method=method, order=2, substeps=2,
-                condition=cond.to(device), uncond_condition=uncond.to(device), guidance_scale=0.4,
+                condition=cond.to(device), uncond_condition=uncond.to(device), guidance=ProbabilisticGuidance(0.4),
                 generator=torch.Generator().manual_seed(1),  # a CPU generator drives CUDA sampling too
             ).sample.cpu())
         torch.testing.assert_close(outs[1], outs[0], atol=2e-4, rtol=0)

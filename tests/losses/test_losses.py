@@ -1,4 +1,4 @@
-"""The GM head, the 2-D MLP, the time samplers and the training losses."""
+"""Time samplers, label dropout, the GMFlow transition loss (with M draws) and the flow-matching loss."""
 
 from __future__ import annotations
 
@@ -11,55 +11,8 @@ from gmfm import AnalyticGMDenoiser, GaussianMixture
 from gmfm.data import as_images, make_toy_dataset
 from gmfm.losses import FlowMatchingLoss, GMFlowLoss, TimeSampler, drop_labels
 from gmfm.math import forward_diffusion, forward_transition, gm_mean, gm_nll, reverse_transition, u_to_x0
-from gmfm.models import GMFlowMLP2D, GMOutputHead, position_embedding, timestep_embedding
-
-
-def test_timestep_embedding_matches_diffusers():
-    from diffusers.models.embeddings import get_timestep_embedding
-
-    t = torch.tensor([0.0, 1.5, 500.0, 999.0])
-    ours = timestep_embedding(t, 256)
-    theirs = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=1)
-    torch.testing.assert_close(ours, theirs)
-
-
-def test_position_embedding_layout():
-    p = torch.tensor([[0.5, -1.0]])
-    emb = position_embedding(p, 8, 1e-3, 10.0)
-    periods = torch.logspace(math.log(1e-3), math.log(10.0), 2, base=math.e)
-    x_part = torch.cat([torch.sin(0.5 * 2 * math.pi / periods), torch.cos(0.5 * 2 * math.pi / periods)])
-    torch.testing.assert_close(emb[0, :4], x_part)
-    with pytest.raises(ValueError, match="divisible"):
-        position_embedding(p, 6)
-
-
-@pytest.mark.parametrize("logstd", ["embedding", "features", -1.5])
-def test_gm_head_shapes_and_initial_state(logstd):
-    head = GMOutputHead(16, 3, 4, logstd=logstd, embed_dim=8)
-    feats, emb = torch.randn(2, 16, 5, 6), torch.randn(2, 8, requires_grad=True)
-    gm = head(feats, emb)
-    assert gm.means.shape == (2, 4, 3, 5, 6) and gm.logweights.shape == (2, 4, 1, 5, 6)
-    torch.testing.assert_close(gm.logweights.exp(), torch.full_like(gm.logweights, 0.25))  # zero-init logits
-    expected = -1.5 if logstd == -1.5 else 0.0
-    torch.testing.assert_close(gm.logstds, torch.full((2, 1, 1, 1, 1), expected))
-    if logstd == "embedding":  # the log-std MLP sees a stop-gradient embedding (paper Fig. 4)
-        gm.logstds.sum().backward()
-        assert emb.grad is None
-    assert head(torch.randn(2, 16), emb).means.shape == (2, 4, 3, 1, 1)
-
-
-def test_mlp2d_outputs_a_gm_and_validates_inputs():
-    model = GMFlowMLP2D(num_components=8, hidden_dim=32, num_layers=2, num_classes=3)
-    gm = model(torch.randn(5, 2, 1, 1), torch.rand(5), torch.tensor([0, 1, 2, 3, 0]))
-    assert isinstance(gm, GaussianMixture) and gm.means.shape == (5, 8, 2, 1, 1)
-    with pytest.raises(ValueError, match="labels are required"):
-        model(torch.randn(5, 2, 1, 1), torch.rand(5))
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\]"):
-        model(torch.randn(2, 2, 1, 1), torch.rand(2), torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match=r"x_t must have shape \(B, 2, 1, 1\)"):
-        model(torch.randn(5, 3, 1, 1), torch.rand(5), torch.zeros(5, dtype=torch.long))
-    fm = GMFlowMLP2D(num_components=1, hidden_dim=32, num_layers=2)
-    assert fm(torch.randn(3, 2, 1, 1), 0.5).means.shape == (3, 1, 2, 1, 1)
+from gmfm.math.random import BatchDraws
+from gmfm.models import GMFlowMLP2D
 
 
 def test_time_samplers():
@@ -100,13 +53,13 @@ def test_transition_loss_is_the_nll_of_the_reverse_transition():
     model = Recorder(GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2))
     x0 = as_images(make_toy_dataset("checkerboard").sample(64, torch.Generator().manual_seed(0)))
     loss = GMFlowLoss(transition_ratio=0.5, weight=2.0)(model, {"x0": x0}, torch.Generator().manual_seed(1))
-    # rebuild the same draws
-    g = torch.Generator().manual_seed(1)
-    sigma_high = TimeSampler()(64, g).clamp(min=1e-7)
+    # rebuild the same draws: noise level, then the noise of x_low, then that of x_high
+    draws = BatchDraws(torch.Generator().manual_seed(1), 64)
+    sigma_high = TimeSampler()(draws).clamp(min=1e-7)
     sigma_low = torch.minimum(sigma_high * 0.5, sigma_high - 1e-7)
-    noise = torch.randn(128, 2, 1, 1, generator=g)
-    x_low = forward_diffusion(x0, sigma_low, noise[:64])
-    x_high = forward_transition(x_low, sigma_low, sigma_high, noise[64:])
+    noise_low, noise_high = draws.randn((2, 1, 1), x0), draws.randn((2, 1, 1), x0)
+    x_low = forward_diffusion(x0, sigma_low, noise_low)
+    x_high = forward_transition(x_low, sigma_low, sigma_high, noise_high)
     torch.testing.assert_close(model.seen[0], x_high)
     gm = model.inner(x_high, sigma_high)
     expected = gm_nll(reverse_transition(gm, x_high, sigma_high, sigma_low), x_low).mean() * 2.0
@@ -155,3 +108,60 @@ def test_gmflow_loss_rejects_a_non_gm_model_and_bad_settings():
         GMFlowLoss()(lambda x, s, c: x, {"x0": torch.randn(4, 2, 1, 1)}, None)
     with pytest.raises(ValueError, match=r"transition_ratio must be in \(0, 1\]"):
         GMFlowLoss(transition_ratio=0.0)
+
+
+def _ring_batch(n: int = 256, seed: int = 0) -> dict:
+    return {"x0": as_images(make_toy_dataset("gaussian_ring").sample(n, torch.Generator().manual_seed(seed)))}
+
+
+def test_multi_draw_loss_averages_the_nll_of_bridge_draws():
+    model = Recorder(GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2))
+    x0 = _ring_batch(32)["x0"]
+    out = GMFlowLoss(transition_ratio=0.5, transition_draws=3)(model, {"x0": x0}, torch.Generator().manual_seed(4))
+    draws = BatchDraws(torch.Generator().manual_seed(4), 32)
+    sigma_high = TimeSampler()(draws).clamp(min=1e-7)
+    sigma_low = torch.minimum(sigma_high * 0.5, sigma_high - 1e-7)
+    x_low = forward_diffusion(x0, sigma_low, draws.randn((2, 1, 1), x0))
+    x_high = forward_transition(x_low, sigma_low, sigma_high, draws.randn((2, 1, 1), x0))
+    extra = draws.randn((2, 2, 1, 1), x0)
+    trans = reverse_transition(model.inner(x_high, sigma_high), x_high, sigma_high, sigma_low)
+    # the bridge p(x_low | x0, x_high) = N(c1 x_high + c2 x0, c3): the GM-SDE step of x0
+    from gmfm.math import sde_step
+
+    lows = [x_low] + [sde_step(x0, x_high, sigma_high, sigma_low, extra[:, m]) for m in range(2)]
+    expected = torch.stack([gm_nll(trans, x) for x in lows]).mean(0).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_one_draw_is_the_official_loss_and_more_draws_keep_its_expectation():
+    torch.manual_seed(0)
+    model = GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2)
+    batch = _ring_batch()
+    one, many = GMFlowLoss(transition_ratio=0.5), GMFlowLoss(transition_ratio=0.5, transition_draws=64)
+    assert one == GMFlowLoss(transition_ratio=0.5, transition_draws=1)
+    with torch.no_grad():
+        diffs = torch.tensor([float(one(model, batch, torch.Generator().manual_seed(s)).loss)
+                              - float(many(model, batch, torch.Generator().manual_seed(s)).loss) for s in range(100)])
+    # paired over the same (sigma, x_high): the mean difference is zero within its Monte Carlo error
+    assert abs(float(diffs.mean())) < 4 * float(diffs.std()) / math.sqrt(len(diffs))
+    assert float(diffs.std()) > 0  # the draws do differ
+
+
+def test_more_draws_lower_the_gradient_variance():
+    torch.manual_seed(0)
+    model = GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2)
+    batch = _ring_batch(64)
+
+    def gradient_variance(draws: int) -> float:
+        # a fixed noise level (sigma ~ 0.88), so that the bridge is a visible share of the randomness
+        loss = GMFlowLoss(transition_ratio=0.5, transition_draws=draws, time_sampler=TimeSampler("logit_normal", 2.0, 1e-3))
+        grads = []
+        for s in range(60):
+            model.zero_grad()
+            loss(model, batch, torch.Generator().manual_seed(s)).loss.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        return float(torch.stack(grads).var(dim=0).sum())
+
+    assert gradient_variance(8) < 0.8 * gradient_variance(1)  # measured: 3.34 vs 4.58
+    with pytest.raises(ValueError, match="transition_draws must be an integer >= 1"):
+        GMFlowLoss(transition_draws=0)

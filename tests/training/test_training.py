@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from gmfm.data import as_images, make_toy_dataset
+from gmfm.data import ToyTrainingData, make_toy_dataset
 from gmfm.losses import GMFlowLoss
 from gmfm.models import GMFlowMLP2D
 from gmfm.training import (
@@ -22,11 +22,21 @@ from gmfm.training import (
     train,
 )
 
-BOARD = make_toy_dataset("checkerboard")
+BOARD = ToyTrainingData(make_toy_dataset("checkerboard"))
+batches = BOARD
 
 
-def batches(step, generator):
-    return {"x0": as_images(BOARD.sample(64, generator))}
+class DyingData:
+    """Training data that raises when asked for the batch of one iteration (a killed run)."""
+
+    def __init__(self, die_at_batch: int) -> None:
+        self.calls, self.die_at = 0, die_at_batch
+
+    def batch(self, batch_size, generator, rows):
+        self.calls += 1
+        if self.calls == self.die_at:
+            raise Interrupt
+        return BOARD.batch(batch_size, generator, rows)
 
 
 def small_model():
@@ -47,14 +57,8 @@ class Interrupt(Exception):
 
 def test_resume_continues_with_exactly_the_uninterrupted_losses(tmp_path):
     full = train(small_model(), GMFlowLoss(), batches, config(), tmp_path / "full", progress=False)
-
-    def dying_batches(step, generator):
-        if step == 13:
-            raise Interrupt  # killed mid-training, after the checkpoint at step 10
-        return batches(step, generator)
-
-    with pytest.raises(Interrupt):
-        train(small_model(), GMFlowLoss(), dying_batches, config(), tmp_path / "cut", progress=False)
+    with pytest.raises(Interrupt):  # killed in iteration 13, after the checkpoint at step 10
+        train(small_model(), GMFlowLoss(), DyingData(14), config(), tmp_path / "cut", progress=False)
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME).step == 10  # lost less than one interval
     resumed = train(small_model(), GMFlowLoss(), batches, config(), tmp_path / "cut", progress=False)
     assert sorted(resumed.losses) == list(range(10, 20))
@@ -97,7 +101,7 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
         load_checkpoint(truncated)
     other = GMFlowMLP2D(num_components=8, hidden_dim=32, num_layers=2)
     with pytest.raises(ValueError, match=r"a.safetensors does not match the GMFlowMLP2D \(model\): shape mismatch "
-                                         r"head.proj.weight: checkpoint \(13, 32\) vs model \(25, 32\)"):
+                                         r"proj.weight: checkpoint \(13, 32\) vs model \(25, 32\)"):
         load_checkpoint(path).load_into(other)
     deeper = GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=3)
     with pytest.raises(ValueError, match=r"missing \['net.4.bias', 'net.4.weight'\]"):
@@ -107,16 +111,16 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def loss_with_nan(model, batch, generator):
-        out = GMFlowLoss()(model, batch, generator)
+    def loss_with_nan(model, batch, draws, spectrum_net=None):
+        out = GMFlowLoss()(model, batch, draws)
         if loss_with_nan.calls == 12:
             out = type(out)(out.loss * float("nan"), out.logs)
         loss_with_nan.calls += 1
         return out
 
     loss_with_nan.calls = 0
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 12; the last good checkpoint is .*"
-                                                 + CHECKPOINT_NAME):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 12; the last checkpoint verified to be "
+                                                 r"finite and loadable is .*" + CHECKPOINT_NAME + r" \(iteration 10\)"):
         train(small_model(), loss_with_nan, batches, config(), tmp_path, progress=False)
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME).step == 10
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from gmfm import AnalyticGMDenoiser, gmflow_sample
+from gmfm import AnalyticGMDenoiser, ClassifierFreeGuidance, ProbabilisticGuidance, gmflow_sample
 from gmfm.solvers import sample_with
 from gmfm.math import euler_step, gm_mean
 from stats import sliced_ks_min_pvalue
@@ -180,10 +180,12 @@ def test_cfg_scale_one_is_unguided_and_cfg_extrapolates_the_mean():
     noise = torch.randn(16, 2, 1, 1, dtype=torch.float64)
     cond, uncond = torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long)
     plain = gmflow_sample(oracle, noise, 3, condition=cond).sample
-    same = gmflow_sample(oracle, noise, 3, condition=cond, uncond_condition=uncond, cfg_scale=1.0).sample
+    same = gmflow_sample(oracle, noise, 3, condition=cond, uncond_condition=uncond,
+                         guidance=ClassifierFreeGuidance(1.0)).sample
     assert torch.equal(plain, same)
     # One GM-ODE step at sigma = 1 returns the GM mean: the CFG-extrapolated data mean.
-    out = gmflow_sample(oracle, noise, 1, condition=cond, uncond_condition=uncond, cfg_scale=3.0).sample
+    out = gmflow_sample(oracle, noise, 1, condition=cond, uncond_condition=uncond,
+                        guidance=ClassifierFreeGuidance(3.0)).sample
     mean_c, mean_u = data_moments(oracle, 0)[0], data_moments(oracle, 1)[0]
     expected = mean_u + 3.0 * (mean_c - mean_u)
     assert torch.allclose(out.flatten(1), expected.expand(16, 2), atol=1e-10)
@@ -196,7 +198,7 @@ def test_probabilistic_guidance_pushes_samples_away_from_the_unconditional_mean(
     noise = torch.randn(4000, 2, 1, 1, dtype=torch.float64, generator=g)
     base = gmflow_sample(oracle, noise, 4, method="sde", condition=cond, generator=g).sample.flatten(1)
     guided = gmflow_sample(oracle, noise, 4, method="sde", condition=cond, uncond_condition=uncond,
-                           guidance_scale=0.5, orthogonal_guidance=0.0, generator=g).sample.flatten(1)
+                           guidance=ProbabilisticGuidance(0.5, 0.0), generator=g).sample.flatten(1)
     direction = data_moments(oracle, 0)[0] - data_moments(oracle, 1)[0]
     assert (guided.mean(0) - base.mean(0)) @ direction > 0.05
 
@@ -205,12 +207,11 @@ def test_sample_with_passes_the_guidance_projection_through():
     oracle = ring_denoiser()
     cond, uncond = torch.zeros(64, dtype=torch.long), torch.ones(64, dtype=torch.long)
     noise = torch.randn(64, 2, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    kw = dict(condition=cond, uncond_condition=uncond, guidance_scale=0.5)
+    kw = dict(condition=cond, uncond_condition=uncond)
     named = {}
     for orthogonal in (0.0, 1.0):
-        named[orthogonal] = sample_with("gmode2", oracle, noise, 3, substeps=4, orthogonal_guidance=orthogonal, **kw)
-        direct = gmflow_sample(oracle, noise, 3, order=2, substeps=4, orthogonal_guidance=orthogonal, **kw).sample
+        guidance = ProbabilisticGuidance(0.5, orthogonal)
+        named[orthogonal] = sample_with("gmode2", oracle, noise, 3, substeps=4, guidance=guidance, **kw)
+        direct = gmflow_sample(oracle, noise, 3, order=2, substeps=4, guidance=guidance, **kw).sample
         assert torch.equal(named[orthogonal], direct)
     assert (named[0.0] - named[1.0]).abs().max() > 1e-3  # the projection changes the guided samples
-    with pytest.raises(ValueError, match="orthogonal_guidance"):
-        sample_with("gmode2", oracle, noise, 3, orthogonal_guidance=1.5, **kw)

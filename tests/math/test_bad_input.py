@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, gmflow_sample, probabilistic_guidance
+from gmfm import AnalyticGMDenoiser, GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance
 from gmfm.guidance import cfg_gm
 from gmfm.math import (
     convert_denoising_gm_mean,
@@ -109,11 +109,8 @@ def test_op_arguments_are_validated(call, match):
         (dict(substeps=0), r"substeps must be an integer >= 1"),
         (dict(order=3), r"order must be 1 or 2"),
         (dict(method="heun"), r"method must be 'sde' or 'ode'"),
-        (dict(guidance_scale=1.0, uncond_condition=LABELS), r"guidance_scale must be in \[0, 1\)"),
-        (dict(guidance_scale=-0.5, uncond_condition=LABELS), r"guidance_scale must be in \[0, 1\)"),
-        (dict(guidance_scale=0.3), r"uncond_condition is required"),
-        (dict(guidance_scale=0.3, cfg_scale=2.0, uncond_condition=LABELS), r"either guidance_scale .* or cfg_scale"),
-        (dict(orthogonal_guidance=-1.0), r"orthogonal_guidance must be in \[0, 1\]"),
+        (dict(guidance=ProbabilisticGuidance(0.3)), r"uncond_condition is required"),
+        (dict(guidance=0.3, uncond_condition=LABELS), r"guidance must be a gmfm.guidance.Guidance"),
         (dict(shift=-1.0), r"shift must be in \(0, inf\]"),
         (dict(noise=torch.full((2, 2, 2, 2), math.nan)), r"noise contains non-finite values"),
         (dict(noise=torch.randn(2, 2, 2)), r"noise must have at least 4 dimensions"),

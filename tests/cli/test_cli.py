@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gmfm.cli.experiments2d import run_demo
+from gmfm.experiments.toy2d import run_demo
 from gmfm.cli.main import main
 
 TINY = ["--hidden", "32", "--layers", "2", "--batch-size", "128", "--checkpoint-every", "10", "--log-every", "10",

@@ -1,0 +1,26 @@
+"""Save a trained image model as a diffusers pipeline folder in the official layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .run import TrainedModel
+
+
+def export_pipeline(trained: TrainedModel, folder: str | Path) -> Path:
+    """Write ``folder`` (model_index.json, transformer/, spectrum_net/, scheduler/; no VAE: the model works
+    in the data's own space) so that :class:`gmfm.pipelines.GMDiTPipeline` loads it. GMFlow runs get the
+    GM-SDE scheduler (``output_mode="sample"`` gives GM-SDE), FM runs the Euler ODE scheduler."""
+    from ..models.gmflow_model import GMFlowModel
+    from ..pipelines.gmdit_pipeline import GMDiTPipeline
+    from ..solvers.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
+
+    model = trained.model
+    if not isinstance(model, GMFlowModel):
+        raise ValueError(f"only GM-DiT image models export to a pipeline, this run has a {type(model).__name__}")
+    scheduler = GMFlowSDEScheduler() if trained.kind == "gmflow" else FlowEulerODEScheduler()
+    labels = dict(enumerate(trained.class_names)) if trained.class_names else None
+    pipe = GMDiTPipeline(model.net.cpu(), model.spectrum_net.cpu() if model.spectrum_net is not None else None,
+                         scheduler, None, labels)
+    pipe.save_pretrained(folder)
+    return Path(folder)

@@ -1,0 +1,261 @@
+"""One recipe format for every experiment: a TOML file with the tables ``[data]``, ``[model]``,
+``[loss]``, ``[train]`` and ``[sample]`` and a top-level ``kind``.
+
+    kind = "gmflow"            # or "fm": the flow-matching baseline (K = 1, L2 loss)
+    [data]                     # name = a registered dataset, other keys = its options
+    name = "mnist"
+    [model]                    # backbone = "gmdit" | "mlp2d"; other keys = the backbone's config
+    backbone = "gmdit"
+    num_gaussians = 8
+    [model.spectrum]           # optional SpectrumMLP (gmdit)
+    layers = [64, 8]
+    [loss]                     # LossConfig
+    transition_ratio = 0.5
+    [train]                    # gmfm.training.TrainConfig
+    iterations = 3800
+    [sample]                   # SampleConfig: what sampling / evaluation commands use by default
+    solver = "gmode2"
+
+Every key is checked: an unknown one is an error that lists the valid ones; values are checked when the
+sections are built. Recipes shipped with gmfm (``gmfm/configs``, also reachable as ``configs/`` in a
+checkout) are found by name: ``load_recipe("mnist_gmflow")``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.registry import dataset_options
+from ..training.config import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KINDS = ("gmflow", "fm")
+BACKBONES = ("mlp2d", "gmdit")
+SECTIONS = ("data", "model", "loss", "train", "sample")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used: the message names the file, the table and the key."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The ``[loss]`` table.
+
+    transition_ratio: lambda of the transition loss (GMFlow; 1 = plain GM NLL of x0).
+    transition_draws: M draws of x_low per x_high, averaged (1 = the official loss).
+    time_sampler: "uniform" or "logit_normal" (``logit_mean``, ``logit_std``), then ``shift``.
+    label_dropout: probability of the null label (class-conditional data).
+    spectral_weight: weight of the SpectrumMLP loss (GMFlow with a spectrum net; default 1 then).
+    weight: factor on the loss.
+    """
+
+    transition_ratio: float = 0.9
+    transition_draws: int = 1
+    time_sampler: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    label_dropout: float = 0.1
+    spectral_weight: float | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The ``[sample]`` table: defaults of the sampling and evaluation commands.
+
+    solver: a name of :data:`gmfm.solvers.SOLVER_NAMES` (None: gmode2 / gmsde2 for GMFlow images / 2-D,
+        dpmpp2m / euler for the FM baseline).
+    nfe: network evaluations. substeps: GM-ODE substeps (None: :func:`gmfm.solvers.default_substeps`).
+    guidance_scale, orthogonal_guidance: probabilistic guidance; cfg_scale: vanilla CFG (1 = off).
+    spectral: spectral sampling for GM-SDE when the model has a SpectrumMLP. shift: time shift of the grid.
+    """
+
+    solver: str | None = None
+    nfe: int = 8
+    substeps: int | None = None
+    guidance_scale: float = 0.0
+    orthogonal_guidance: float = 1.0
+    cfg_scale: float = 1.0
+    spectral: bool = True
+    shift: float = 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole experiment. ``data`` / ``model`` hold their tables as dicts (validated against the dataset
+    registry and the backbone's config); ``spectrum`` is ``[model.spectrum]`` or None."""
+
+    kind: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    loss: LossConfig
+    train: TrainConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    spectrum: dict[str, Any] | None = None
+    source: str = field(default="<recipe>", compare=False)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def backbone(self) -> str:
+        return self.model["backbone"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as TOML-shaped tables (what :func:`recipe_from_dict` reads back)."""
+        model = dict(self.model)
+        if self.spectrum is not None:
+            model["spectrum"] = dict(self.spectrum)
+        return {"kind": self.kind, "data": dict(self.data), "model": model,
+                "loss": dataclasses.asdict(self.loss), "train": dataclasses.asdict(self.train),
+                "sample": dataclasses.asdict(self.sample)}
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define a run (a resume must not change them): everything but the length,
+        logging, device and sampling defaults."""
+        tables = self.as_dict()
+        for key in ("iterations", "checkpoint_every", "log_every", "device", "tensorboard", "micro_batch_size",
+                    "gradient_checkpointing"):
+            tables["train"].pop(key, None)
+        tables.pop("sample")
+        return tables
+
+    def with_overrides(self, **tables: dict[str, Any]) -> Recipe:
+        """A copy with keys replaced, e.g. ``with_overrides(train={"iterations": 10})``; None values are
+        ignored. Checked as a file would be."""
+        raw = self.as_dict()
+        for table, values in tables.items():
+            if table == "kind":
+                if values is not None:
+                    raw["kind"] = values
+                continue
+            if table not in raw:
+                raise RecipeError(f"{self.source}: unknown table [{table}]; tables: {', '.join(SECTIONS)}")
+            raw[table].update({k: v for k, v in values.items() if v is not None})
+        return recipe_from_dict(raw, self.source)
+
+
+def _check_keys(source: str, table: str, values: dict[str, Any], valid: list[str] | tuple[str, ...]) -> None:
+    if not isinstance(values, dict):
+        raise RecipeError(f"{source}: [{table}] must be a table, got {values!r}")
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise RecipeError(f"{source}: unknown key(s) {unknown} in [{table}]; valid keys: {', '.join(sorted(valid))}")
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def backbone_options(backbone: str) -> list[str]:
+    """The ``[model]`` keys a backbone accepts (its config's fields), besides ``backbone``."""
+    if backbone == "mlp2d":
+        from ..models.mlp2d import MLP2DConfig
+
+        return [f for f in _fields(MLP2DConfig) if f != "num_classes"]
+    from ..models.gmdit import GMDiTTransformer2DModel
+
+    return [p for p in inspect.signature(GMDiTTransformer2DModel.__init__).parameters if p != "self"]
+
+
+def _build_section(source: str, table: str, cls: type, values: dict[str, Any]) -> Any:
+    _check_keys(source, table, values, _fields(cls))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{source}: [{table}] {err}") from err
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Build and check a :class:`Recipe` from TOML-shaped tables."""
+    raw = copy.deepcopy(raw)
+    _check_keys(source, "top level", raw, ("kind", *SECTIONS))
+    kind = raw.get("kind", "gmflow")
+    if kind not in KINDS:
+        raise RecipeError(f"{source}: kind must be one of {KINDS}, got {kind!r}")
+    data = raw.get("data", {})
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise RecipeError(f"{source}: [data] needs a dataset name, e.g. name = \"mnist\"")
+    _known(data["name"], source)
+    _check_keys(source, "data", data, ["name", *dataset_options(data["name"])])
+    if not isinstance(raw.get("model", {}), dict):
+        raise RecipeError(f"{source}: [model] must be a table")
+    model = dict(raw.get("model", {}))
+    backbone = model.get("backbone", "gmdit" if data["name"] in _image_datasets() else "mlp2d")
+    if backbone not in BACKBONES:
+        raise RecipeError(f"{source}: [model] backbone must be one of {BACKBONES}, got {backbone!r}")
+    model["backbone"] = backbone
+    spectrum = model.pop("spectrum", None)
+    _check_keys(source, "model", model, ["backbone", *backbone_options(backbone)])
+    if spectrum is not None:
+        if backbone != "gmdit" or kind != "gmflow":
+            raise RecipeError(f"{source}: [model.spectrum] needs kind = \"gmflow\" and backbone = \"gmdit\"")
+        _check_keys(source, "model.spectrum", spectrum, ["base_size", "layers"])
+    loss = _build_section(source, "loss", LossConfig, raw.get("loss", {}))
+    train_table = raw.get("train", {})
+    missing = [k for k in ("iterations", "batch_size") if isinstance(train_table, dict) and k not in train_table]
+    if missing:
+        raise RecipeError(f"{source}: [train] needs {' and '.join(missing)}")
+    train = _build_section(source, "train", TrainConfig, train_table)
+    sample = _build_section(source, "sample", SampleConfig, raw.get("sample", {}))
+    return Recipe(kind, data, model, loss, train, sample, spectrum, source)
+
+
+def _image_datasets() -> tuple[str, ...]:
+    from ..data.toy2d import TOY_DATASET_NAMES
+    from ..data.registry import dataset_names
+
+    return tuple(n for n in dataset_names() if n not in TOY_DATASET_NAMES)
+
+
+def _known(name: str, source: str | None = None) -> bool:
+    from ..data.registry import dataset_names
+
+    if name in dataset_names():
+        return True
+    if source is None:
+        return False
+    raise RecipeError(f"{source}: [data] name {name!r} is not a known dataset; known: {', '.join(dataset_names())}")
+
+
+def config_names() -> tuple[str, ...]:
+    """The recipes shipped with gmfm."""
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path, or the name of a shipped recipe (with or without ``.toml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.stem if path.suffix == '.toml' else path.name}.toml"
+    if shipped.is_file() and (path.parent == Path(".") or path.parent.name == "configs"):
+        return shipped
+    raise FileNotFoundError(f"config {name_or_path} does not exist (shipped recipes: {', '.join(config_names())})")
+
+
+def load_recipe(name_or_path: str | Path, **overrides: dict[str, Any]) -> Recipe:
+    """Read a recipe file (or a shipped recipe by name) and apply ``overrides`` (see
+    :meth:`Recipe.with_overrides`)."""
+    path = resolve_config(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    recipe = recipe_from_dict(raw, str(path))
+    return recipe.with_overrides(**overrides) if overrides else recipe
