@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..guidance.base import Guidance, GuidedGM, active_guidance
-from ..math.containers import GaussianMixture
+from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import DenoisingGMConverter, euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean, gm_sample, gm_to_iso_gaussian
 from ..math.spectral import spectral_gm_sample
@@ -75,7 +76,7 @@ def concat_conditions(cond: Any, uncond: Any) -> Any:
 
 def _call_denoiser(
     denoiser: Denoiser, x_t: Tensor, sigma: float, condition: Any, step: int, verify: bool
-) -> tuple[GaussianMixture, Tensor]:
+) -> GaussianMixture:
     gm = denoiser(x_t, torch.full((x_t.shape[0],), sigma, dtype=x_t.dtype, device=x_t.device), condition)
     if not isinstance(gm, GaussianMixture):
         raise ValueError(f"the denoiser must return a GaussianMixture, got {type(gm).__name__}")
@@ -84,10 +85,105 @@ def _call_denoiser(
             f"the denoiser returned a GM with means {tuple(gm.means.shape)}, expected (B, K, C, H, W) with "
             f"(B, C, H, W) = {tuple(x_t.shape)}"
         )
-    gm = gm.to(x_t.dtype)
+    gm = gm.to(x_t.dtype)  # GM math runs in the sampler's dtype (float32 at least)
     if verify:
         gm.check_finite(f"denoiser output at step {step} (sigma={sigma:.4g})")
     return gm
+
+
+@dataclass(frozen=True, eq=False)
+class StepPrediction:
+    """What one network evaluation gives the substeps of its step.
+
+    x0_gm: the x0-GM after guidance and the 2nd-order correction (B, K, C, H, W), predicted at
+    (x_t (B, C, H, W), sigma); gaussian: the Gaussian it was moved to (None: its moment-matched Gaussian),
+    the input of spectral sampling.
+    """
+
+    x0_gm: GaussianMixture
+    x_t: Tensor
+    sigma: float
+    gaussian: IsoGaussian | None = None
+
+    @cached_property
+    def _converter(self) -> DenoisingGMConverter:
+        return DenoisingGMConverter.create(self.x0_gm, self.x_t, self.sigma)
+
+    def gm_at(self, x: Tensor, sigma: float) -> GaussianMixture:
+        """The x0-GM at a substep point (x (B, C, H, W), sigma): the step's own GM at its noise level,
+        re-conditioned on (x, sigma) at a later substep (exact for an exact GM)."""
+        return self.x0_gm if sigma == self.sigma else self._converter.converted(x, sigma)
+
+    def mean_at(self, x: Tensor, sigma: float) -> Tensor:
+        """GM-ODE's x0 (B, C, H, W) at a substep: the GM mean at the step's own point, the re-conditioned
+        mean later."""
+        return gm_mean(self.x0_gm) if sigma == self.sigma else self._converter.mean(x, sigma)
+
+    def sample_at(self, x: Tensor, sigma: float, generator: Generators = None,
+                  spectrum: SpectrumModel | None = None) -> Tensor:
+        """GM-SDE's x0 (B, C, H, W) at a substep: a draw of :meth:`gm_at`; at the step's own point with
+        ``spectrum``, by spectral sampling."""
+        if sigma == self.sigma and spectrum is not None:  # pixels correlated by the predicted power spectrum
+            gaussian = self.gaussian if self.gaussian is not None else gm_to_iso_gaussian(self.x0_gm)
+            return spectral_gm_sample(self.x0_gm, spectrum(gaussian).to(x.dtype), generator)
+        return gm_sample(self.gm_at(x, sigma), generator)
+
+
+def predict_step(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma: float,
+    sigma_next: float,
+    *,
+    condition: Any = None,
+    guidance: Guidance | None = None,
+    order: int = 1,
+    previous: SecondOrderState | None = None,
+    second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
+    step: int = 0,
+    check_outputs: bool = True,
+) -> tuple[StepPrediction, SecondOrderState | None]:
+    """One network evaluation of a GM solver: the denoiser's u-GM at (x (B, C, H, W), sigma) as an x0-GM,
+    guided and 2nd-order corrected.
+
+    Args:
+        guidance: an active guidance (see :func:`gmfm.guidance.active_guidance`) or None; when given,
+            ``condition`` must already be the doubled [cond; uncond] input.
+        sigma_next: the noise level of the next network evaluation (0 after the last one).
+        previous: the 2nd-order state of the previous step (order 2).
+
+    Returns:
+        (:class:`StepPrediction`, the 2nd-order state for the next step or None for order 1).
+    """
+    batch = x.shape[0]
+    x_in = torch.cat([x, x]) if guidance is not None else x
+    gm_u = _call_denoiser(denoiser, x_in, sigma, condition, step, check_outputs)
+    x0_gm = u_to_x0(gm_u, x_in, sigma)
+    guided = guidance.guide_gm(x0_gm[:batch], x0_gm[batch:]) if guidance is not None else None
+    if order == 2:
+        h = sigma - sigma_next  # the last step has sigma_next = 0, so h = sigma
+        corrected = second_order_correction(guided or GuidedGM.unguided(x0_gm), x, sigma, h, previous,
+                                            second_order_coefs)
+        gaussian = corrected.gaussian if corrected.gaussian is not None else (guided.target if guided else None)
+        return StepPrediction(corrected.gm, x, sigma, gaussian), corrected.state
+    if guided is not None:
+        return StepPrediction(guided.gm, x, sigma, guided.target), None
+    return StepPrediction(x0_gm, x, sigma), None
+
+
+def as_images(x: Tensor, name: str) -> tuple[Tensor, bool]:
+    """(B, C, H, W) samples, or (B, D) points as (B, D, 1, 1); the flag says whether to flatten back."""
+    check_tensor(name, x, min_dim=2)
+    if x.dim() == 2:
+        return x[:, :, None, None], True
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W) or (B, D), got {tuple(x.shape)}")
+    return x, False
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """GM math runs in float32 at least: half-precision inputs are promoted (1 / 1e-6 overflows float16)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 @torch.no_grad()
@@ -114,7 +210,8 @@ def gmflow_sample(
 
     Args:
         denoiser: ``(x_t (B', C, H, W), sigma (B',), condition) -> u-GM (B', K, C, H, W)``.
-        noise: (B, C, H, W) standard normal starting point.
+        noise: (B, C, H, W) standard normal starting point, or (B, D) points (the denoiser then sees
+            (B, D, 1, 1)). Half-precision noise is promoted: the sampler works in float32 at least.
         steps: number of network evaluations N >= 1 (doubled in batch under guidance).
         method: "ode" samples with the GM mean and Euler substeps (GM-ODE, official output_mode "mean");
             "sde" samples x0 from the GM and takes the exact GM-SDE transition (output_mode "sample").
@@ -137,11 +234,10 @@ def gmflow_sample(
         check_outputs: raise ``ValueError`` when the denoiser returns NaN/inf.
 
     Returns:
-        :class:`GMFlowSampleOutput` with ``sample`` (B, C, H, W).
+        :class:`GMFlowSampleOutput` with ``sample`` of the shape of ``noise`` (float32 at least).
     """
-    check_tensor("noise", noise, min_dim=4)
-    if noise.dim() != 4:
-        raise ValueError(f"noise must have shape (B, C, H, W), got {tuple(noise.shape)}")
+    noise, points = as_images(noise, "noise")
+    noise = noise.to(working_dtype(noise.dtype))
     check_finite("noise", noise)
     check_positive_int("steps", steps)
     check_positive_int("substeps", substeps)
@@ -155,50 +251,40 @@ def gmflow_sample(
     guidance = active_guidance(guidance)
     if guidance is not None and uncond_condition is None:
         raise ValueError(f"uncond_condition is required by {guidance}")
+    check_condition_batch("condition", condition, noise.shape[0])
+    if guidance is not None:
+        check_condition_batch("uncond_condition", uncond_condition, noise.shape[0])
     denoiser_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
 
     sigmas = flow_sigmas(steps * substeps, shift).tolist()
-    batch = noise.shape[0]
     x = noise
     previous: SecondOrderState | None = None
     records: list[GMFlowStep] = []
 
     for i in tqdm(range(steps), disable=not progress, desc="GMFlow sampling"):
         first = i * substeps
-        sigma = sigmas[first]
-        x_in = torch.cat([x, x]) if guidance is not None else x
         # Noise levels stay Python floats on this path: no device synchronisation for argument checks.
-        gm_u = _call_denoiser(denoiser, x_in, sigma, denoiser_condition, i, check_outputs)
-        x0_gm = u_to_x0(gm_u, x_in, sigma)
-        guided = guidance.guide_gm(x0_gm[:batch], x0_gm[batch:]) if guidance is not None else None
-
-        if order == 2:
-            h = sigma - sigmas[first + substeps]  # the last step has sigma_next = 0, so h = sigma
-            corrected = second_order_correction(
-                guided or GuidedGM.unguided(x0_gm), x, sigma, h, previous, second_order_coefs
-            )
-            x0_gm, previous, step_gaussian = corrected.gm, corrected.state, corrected.gaussian
-        else:
-            x0_gm = guided.gm if guided is not None else x0_gm
-            step_gaussian = None
-        if step_gaussian is None and guided is not None:
-            step_gaussian = guided.target
-
-        converter = DenoisingGMConverter.create(x0_gm, x, sigma) if substeps > 1 else None
+        prediction, previous = predict_step(
+            denoiser, x, sigmas[first], sigmas[first + substeps], condition=denoiser_condition, guidance=guidance,
+            order=order, previous=previous, second_order_coefs=second_order_coefs, step=i,
+            check_outputs=check_outputs)
         for j in range(substeps):
             s, s_to = sigmas[first + j], sigmas[first + j + 1]
             if method == "ode":
-                x0 = gm_mean(x0_gm) if j == 0 else converter.mean(x, s)
+                x0 = prediction.mean_at(x, s)
                 x_next = euler_step(x0, x, s, s_to)
             else:
-                if j == 0 and spectrum is not None:  # spectral sampling: pixels correlated by the spectrum
-                    gaussian = step_gaussian if step_gaussian is not None else gm_to_iso_gaussian(x0_gm)
-                    x0 = spectral_gm_sample(x0_gm, spectrum(gaussian).to(x.dtype), generator)
-                else:
-                    x0 = gm_sample(x0_gm if j == 0 else converter.converted(x, s), generator)
+                x0 = prediction.sample_at(x, s, generator, spectrum)
                 x_next = sde_step(x0, x, s, s_to, randn(x.shape, generator, x))
             if j == 0 and return_steps:
-                records.append(GMFlowStep(sigma, x, x0_gm, x0))
+                records.append(GMFlowStep(prediction.sigma, x, prediction.x0_gm, x0))
             x = x_next
 
-    return GMFlowSampleOutput(x, records if return_steps else None)
+    return GMFlowSampleOutput(x.flatten(1) if points else x, records if return_steps else None)
+
+
+def check_condition_batch(name: str, condition: Any, batch: int) -> None:
+    """A tensor condition must have one row per sample (B, ...); integer class ids, not floats."""
+    if isinstance(condition, Tensor):
+        if condition.dim() == 0 or condition.shape[0] != batch:
+            raise ValueError(f"{name} must have one row per sample: shape ({batch}, ...), got {tuple(condition.shape)}")

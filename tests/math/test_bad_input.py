@@ -113,8 +113,9 @@ def test_op_arguments_are_validated(call, match):
         (dict(guidance=0.3, uncond_condition=LABELS), r"guidance must be a gmfm.guidance.Guidance"),
         (dict(shift=-1.0), r"shift must be in \(0, inf\]"),
         (dict(noise=torch.full((2, 2, 2, 2), math.nan)), r"noise contains non-finite values"),
-        (dict(noise=torch.randn(2, 2, 2)), r"noise must have at least 4 dimensions"),
-        (dict(noise=torch.randn(1, 2, 2, 2, 2)), r"noise must have shape \(B, C, H, W\)"),
+        (dict(noise=torch.randn(2, 2, 2)), r"noise must have shape \(B, C, H, W\) or \(B, D\)"),
+        (dict(noise=torch.randn(1, 2, 2, 2, 2)), r"noise must have shape \(B, C, H, W\) or \(B, D\)"),
+        (dict(noise=torch.randn(4)), r"noise must have at least 2 dimensions"),
         (dict(condition=torch.tensor([0, 5])), r"condition holds class ids outside \[0, 2\)"),
     ],
 )
