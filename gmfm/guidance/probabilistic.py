@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from ..math.containers import GaussianMixture, IsoGaussian
-from ..math.gm_ops import gm_mean
+from ..math.gm_ops import gm_mean, variance_floor
 from ..math.validation import check_float_in
 from .base import Guidance, GuidedGM, mean_over_event, pixel_averaged_gaussian, reweight_towards
 
-#: Clamp of the projection denominator and of the bias power (official values).
+#: Relative floor of the bias power against the conditional variance it is rescaled to.
 _POWER_EPS = 1e-6
 
 
@@ -53,9 +53,10 @@ def probabilistic_guidance(
     mu_c = surrogate.mean
     bias = mu_c - gm_mean(uncond)
     if orthogonal > 0.0:
-        projection = mean_over_event(bias * mu_c) / mean_over_event(mu_c.square()).clamp(min=_POWER_EPS)
+        projection = mean_over_event(bias * mu_c) / variance_floor(mean_over_event(mu_c.square()))
         bias = bias - orthogonal * projection * mu_c
-    bias_power = mean_over_event(bias.square()).clamp(min=_POWER_EPS)
+    # floors relative to the data's scale (the official code clamps both at an absolute 1e-6)
+    bias_power = variance_floor(mean_over_event(bias.square()), avg_var, _POWER_EPS)
     bias = bias * (w * torch.sqrt(avg_var / bias_power))
     target = IsoGaussian(mu_c + bias, surrogate.var * (1.0 - w * w))
     return GuidedGM(reweight_towards(cond, surrogate, target), cond, surrogate, bias, target, w)

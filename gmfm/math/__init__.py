@@ -29,6 +29,8 @@ from .gm_ops import (
     gm_to_iso_gaussian,
     gm_weights,
     iso_gaussian_mul_iso_gaussian,
+    official_floors,
+    variance_floor,
 )
 
 __all__ = [
@@ -53,4 +55,6 @@ __all__ = [
     "DenoisingGMConverter",
     "convert_denoising_gm",
     "convert_denoising_gm_mean",
+    "official_floors",
+    "variance_floor",
 ]

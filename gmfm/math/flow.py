@@ -40,6 +40,14 @@ def _sqrt_nonneg(value: Level) -> Level:
     return value.clamp(min=0).sqrt() if isinstance(value, Tensor) else math.sqrt(max(value, 0.0))
 
 
+def _float64(value: Level) -> Level:
+    return value.double() if isinstance(value, Tensor) else float(value)
+
+
+def _to_dtype(value: Level, dtype: torch.dtype) -> Level:
+    return value.to(dtype) if isinstance(value, Tensor) else value
+
+
 def _fma(base: Tensor, x: Tensor, scale: Level) -> Tensor:
     """base + scale * x as one fused kernel over the large tensor ``x``."""
     if isinstance(scale, Tensor):
@@ -195,7 +203,10 @@ class DenoisingGMConverter:
     exp(nu . x0 - zeta |x0|^2 / 2) with zeta = (alpha_t/sigma_t)^2 - (alpha_s/sigma_s)^2 and
     nu = alpha_t x_tgt / sigma_t^2 - alpha_s x_src / sigma_s^2; each component N(mu, v) becomes
     N((mu + v nu)/d, v/d), d = 1 + v zeta, reweighted by (mu . nu - zeta |mu|^2 / 2) / d. This natural form
-    (LakonLab) stays exact as sigma_tgt -> sigma_src, where the moment form divides by ~0.
+    (LakonLab) stays exact as sigma_tgt -> sigma_src, where the moment form divides by ~0. Both terms are
+    differences of large numbers at small sigma (alpha / sigma^2 ~ 1e6 at sigma = 1e-3): the noise-level
+    coefficients are computed in float64 and nu as c_t (x_tgt - x_src) + (c_t - c_s) x_src, so that a
+    conversion to (nearly) the same point is (nearly) the identity in any dtype.
 
     An immutable value: build it with :meth:`create` once per network evaluation (it caches |mu_k|^2)
     and query it at every substep with :meth:`mean` or :meth:`converted`.
@@ -220,19 +231,21 @@ class DenoisingGMConverter:
         return channel_dot(self.gm.means, self.gm.means)  # (..., K, 1, H, W)
 
     @cached_property
-    def _src_precision(self) -> Level:
-        return ((1 - self.sigma_src) / self.sigma_src) ** 2  # (alpha_s / sigma_s)^2
-
-    @cached_property
-    def _src_term(self) -> Tensor:
-        return self.x_src * ((1 - self.sigma_src) / self.sigma_src**2)  # alpha_s x_src / sigma_s^2
+    def _src_coefficients(self) -> tuple[Level, Level]:
+        """((alpha_s / sigma_s)^2, alpha_s / sigma_s^2) in float64."""
+        s = _float64(self.sigma_src)
+        return ((1 - s) / s) ** 2, (1 - s) / s**2
 
     def _reweighting(self, x_tgt: Tensor, sigma_tgt: object) -> tuple[Tensor, Tensor, Tensor]:
         """(nu (..., 1, C, H, W), denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point."""
         _check_x("x_tgt", x_tgt, self.gm.event_shape)
-        s_tgt = _clamp_min(as_level("sigma_tgt", sigma_tgt, self.x_src), self.eps)
-        zeta = _for_gm((1 - s_tgt) ** 2 / s_tgt**2 - self._src_precision)
-        nu = _fma(-self._src_term, x_tgt, (1 - s_tgt) / s_tgt**2).unsqueeze(-4)
+        s_tgt = _float64(_clamp_min(as_level("sigma_tgt", sigma_tgt, self.x_src), self.eps))
+        src_precision, c_src = self._src_coefficients
+        c_tgt = (1 - s_tgt) / s_tgt**2
+        dtype = self.x_src.dtype
+        zeta = _for_gm(_to_dtype(((1 - s_tgt) / s_tgt) ** 2 - src_precision, dtype))
+        nu = _fma((x_tgt - self.x_src) * _to_dtype(c_tgt, dtype), self.x_src, _to_dtype(c_tgt - c_src, dtype))
+        nu = nu.unsqueeze(-4)
         denom = (self._var * zeta + 1).clamp(min=self.eps)
         logits = self.gm.logweights + (channel_dot(self.gm.means, nu) - 0.5 * zeta * self._sq_norms) / denom
         return nu, denom, logits

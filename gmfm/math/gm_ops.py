@@ -6,7 +6,11 @@ is an independent mixture over its C channels; all components of a sample share 
 
 from __future__ import annotations
 
+import contextvars
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -15,8 +19,54 @@ from .containers import GaussianMixture, IsoGaussian
 from .random import Generators, rand, randn
 from .validation import check_broadcastable, check_float_in, check_same_trailing, check_tensor
 
-#: Lower clamp of variance-like denominators, as in the official implementation.
+#: Lower clamp of noise levels and of the transition variance in the training loss (official value).
 EPS = 1e-6
+#: Relative floor of a difference of variances (a ratio of Gaussians): a share of the operands' scale.
+REL_EPS = 1e-6
+
+
+@dataclass
+class FloorReport:
+    """How often the official floors changed a value inside :func:`official_floors`."""
+
+    bound: int = 0
+
+
+_OFFICIAL_FLOORS: contextvars.ContextVar[FloorReport | None] = contextvars.ContextVar("gmfm_official_floors",
+                                                                                     default=None)
+
+
+@contextmanager
+def official_floors() -> Iterator[FloorReport]:
+    """Within the block, variance-like quantities are floored at the official code's absolute 1e-6
+    instead of gmfm's scale-relative floors, to reproduce the official numbers exactly. The report counts
+    the floorings that changed a value: where none did, both modes agree."""
+    report = FloorReport()
+    token = _OFFICIAL_FLOORS.set(report)
+    try:
+        yield report
+    finally:
+        _OFFICIAL_FLOORS.reset(token)
+
+
+def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_EPS) -> Tensor:
+    """``value`` clamped below at ``rel * |scale|`` (no scale: at the dtype's smallest normal number): a floor
+    that follows the operands' scale, so data with a tiny spread is treated as data with a unit spread is.
+    Inside :func:`official_floors`, the official absolute 1e-6."""
+    report = _OFFICIAL_FLOORS.get()
+    if report is not None:
+        if bool((value < EPS).any()):
+            report.bound += 1
+        return value.clamp(min=EPS)
+    tiny = torch.finfo(value.dtype).tiny
+    return value.clamp(min=tiny) if scale is None else torch.maximum(value, scale.abs() * rel + tiny)
+
+
+def upcast(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
+    """(the inputs' dtype, the inputs in float32 at least): half precision is computed in float32."""
+    dtype = tensors[0].dtype
+    work = torch.promote_types(dtype, torch.float32)
+    return dtype, [t.to(work) for t in tensors]
 
 
 def _check_sample(name: str, x: Tensor, gm: GaussianMixture) -> None:
@@ -90,21 +140,33 @@ def gm_nll(gm: GaussianMixture, target: Tensor, max_inv_std: float = 1e4) -> Ten
 
 
 def iso_gaussian_mul_iso_gaussian(
-    g1: IsoGaussian, g2: IsoGaussian, power_1: float = 1.0, power_2: float = 1.0, eps: float = EPS
+    g1: IsoGaussian, g2: IsoGaussian, power_1: float = 1.0, power_2: float = 1.0, eps: float = REL_EPS
 ) -> IsoGaussian:
     """Normalised product N1^power_1 * N2^power_2 (negative powers give a ratio of Gaussians).
 
-    Precision = p1/v1 + p2/v2, mean = var (p1 m1/v1 + p2 m2/v2); the denominator p1 v2 + p2 v1 is
-    clamped at ``eps`` (official behaviour), so a ratio of equal Gaussians stays finite.
+    Precision = p1/v1 + p2/v2, mean = var (p1 m1/v1 + p2 m2/v2). The denominator d = p1 v2 + p2 v1 is
+    floored at ``eps`` (|p1 v2| + |p2 v1|): a ratio of (nearly) equal Gaussians becomes a very wide Gaussian
+    that keeps the ratio's exact linear tilt (mean / var), whatever the scale of the variances. (The
+    official code floors d at an absolute 1e-6, which shrinks products of variances below ~1e-4 towards
+    0; the two agree wherever d > 1e-6.) Half precision is computed in float32.
+
+    Args:
+        g1, g2: mean (..., C, H, W), var broadcastable (..., 1, H, W) or (..., 1, 1, 1).
+        power_1, power_2: the powers (any sign).
+
+    Returns:
+        The product as an :class:`IsoGaussian`.
     """
-    a, b = power_1 * g2.var, power_2 * g1.var
-    inv_norm = (a + b).clamp(min=eps).reciprocal()
-    mean = torch.addcmul(g1.mean * (a * inv_norm), g2.mean, b * inv_norm)
-    return IsoGaussian(mean, g1.var * g2.var * inv_norm)
+    dtype, (m1, v1, m2, v2) = upcast(g1.mean, g1.var, g2.mean, g2.var)
+    a, b = power_1 * v2, power_2 * v1
+    inv_norm = variance_floor(a + b, a.abs() + b.abs(), eps).reciprocal()
+    mean = torch.addcmul(m1 * (a * inv_norm), m2, b * inv_norm)
+    return IsoGaussian(mean.to(dtype), (v1 * v2 * inv_norm).to(dtype))
 
 
 def gm_mul_iso_gaussian(
-    gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0, gaussian_power: float = 1.0, eps: float = EPS
+    gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0, gaussian_power: float = 1.0,
+    eps: float = REL_EPS
 ) -> GaussianMixture:
     """Normalised product GM^gm_power * N(g_mean, g_var I)^gaussian_power, which is a GM again.
 
@@ -121,16 +183,16 @@ def gm_mul_iso_gaussian(
         raise ValueError("gm_power must be non-zero")
     check_same_trailing("gaussian.mean", gaussian.mean, gm.event_shape, "the GM's (C, H, W)")
     ratio = gaussian_power / gm_power
-    g_mean = gaussian.mean.unsqueeze(-4)  # (..., 1, C, H, W)
-    g_var = gaussian.var.unsqueeze(-4)  # (..., 1, 1, 1, 1)
-    scaled_gm_var = ratio * torch.exp(2 * gm.logstds)
-    inv_norm = (g_var + scaled_gm_var).clamp(min=eps).reciprocal()  # 1 / n
+    dtype, (gm_means, gm_logweights, gm_logstds, g_mean, g_var) = upcast(
+        gm.means, gm.logweights, gm.logstds, gaussian.mean.unsqueeze(-4), gaussian.var.unsqueeze(-4))
+    scaled_gm_var = ratio * torch.exp(2 * gm_logstds)
+    inv_norm = variance_floor(g_var + scaled_gm_var, g_var.abs() + scaled_gm_var.abs(), eps).reciprocal()  # 1/n
     keep = g_var * inv_norm  # g_var / n
     # (g_var mu + r s^2 g_mean) / n as one fused multiply-add over the big tensor
-    means = torch.addcmul(g_mean * (scaled_gm_var * inv_norm), gm.means, keep)
-    delta = _consume_sq_norm(gm.means - g_mean) * (inv_norm * (-0.5 * ratio))
-    logweights = torch.log_softmax(gm.logweights + delta, dim=-4)
-    return GaussianMixture(means, logweights, gm.logstds + 0.5 * torch.log(keep))
+    means = torch.addcmul(g_mean * (scaled_gm_var * inv_norm), gm_means, keep)
+    delta = _consume_sq_norm(gm_means - g_mean) * (inv_norm * (-0.5 * ratio))
+    logweights = torch.log_softmax(gm_logweights + delta, dim=-4)
+    return GaussianMixture(means.to(dtype), logweights.to(dtype), (gm_logstds + 0.5 * torch.log(keep)).to(dtype))
 
 
 def gm_sample(gm: GaussianMixture, generator: Generators = None) -> Tensor:

@@ -19,10 +19,12 @@ from torch import Tensor
 from ..guidance.base import GuidedGM, reweight_towards
 from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import convert_denoising_gm_mean
+from ..math.gm_ops import variance_floor
 from ..math.validation import as_level
 
 #: Official damping coefficients (ca, cb) of the 2nd-order mean difference.
 DEFAULT_COEFS = (0.005, 1.0)
+#: Smallest share of the surrogate variance the corrected target keeps (official value).
 _POWER_EPS = 1e-6
 
 
@@ -91,9 +93,10 @@ def second_order_correction(
         bias = bias + guided.bias
 
     bias_power = bias.square().mean(dim=(-3, -2, -1), keepdim=True)
-    bias = bias * (avg_var / bias_power.clamp(min=_POWER_EPS)).clamp(max=1).sqrt()
+    # scale-free floors: the official absolute 1e-6 breaks data with a tiny spread
+    bias = bias * (avg_var / variance_floor(bias_power)).clamp(max=1).sqrt()
     target = IsoGaussian(
         surrogate.mean + bias,
-        surrogate.var * (1 - bias_power / avg_var.clamp(min=_POWER_EPS)).clamp(min=_POWER_EPS),
+        surrogate.var * (1 - bias_power / variance_floor(avg_var)).clamp(min=_POWER_EPS),
     )
     return SecondOrderOutput(reweight_towards(guided.base, surrogate, target), target, state)
