@@ -62,7 +62,8 @@ def saturation_at_matched_precision(pg: list[dict], cfg: list[dict], points: int
 
 
 def training_time(log_csv: Path, iterations: int) -> dict:
-    """Mean seconds per iteration over the whole run, from the trainer's log (a resumed run counts too)."""
+    """Mean seconds per iteration over the whole run, from the trainer's timing log (a resumed run counts
+    too)."""
     with open(log_csv) as f:
         rows = list(csv.DictReader(f))
     per_iter = float(np.mean([float(r["seconds_per_iter"]) for r in rows]))
@@ -93,7 +94,7 @@ def main() -> None:
     for kind, config in (("gmflow", args.gm_config), ("fm", args.fm_config)):
         recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
         result = train_recipe(recipe, work / kind, progress=False)
-        train_seconds[kind] = training_time(work / kind / "log.csv", recipe.train.iterations)
+        train_seconds[kind] = training_time(work / kind / "timing.csv", recipe.train.iterations)
         train_seconds[kind]["batch_size"] = recipe.train.batch_size
         print(f"{kind}: trained to {result.step}", flush=True)
     gm = load_run(work / "gmflow", device=device)

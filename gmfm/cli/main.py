@@ -27,10 +27,17 @@ from .options import (
 )
 
 
-def _auto_device() -> str:
-    import torch
+def _device(requested: str | None) -> str:
+    """The --device of a command: checked (cuda must exist here), default cuda when available."""
+    from ..training.distributed import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(requested or "auto"))
+
+
+def _png(path: str | None) -> Path | None:
+    if path is not None and Path(path).suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {path}")
+    return Path(path) if path is not None else None
 
 
 def _run_folder(path: str) -> Path:
@@ -154,7 +161,8 @@ def _sample_2d(args) -> None:
     from ..metrics.figures import save_histogram_grid
     from ..metrics.toy2d import evaluate_toy2d, noise_floor
 
-    device = args.device or _auto_device()
+    device = _device(args.device)
+    out_png = _png(args.out)
     trained = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
     if trained.event_shape != (2, 1, 1):
         raise ValueError(f"{args.checkpoint} is not a 2-D run (samples of shape {trained.event_shape}); "
@@ -177,7 +185,7 @@ def _sample_2d(args) -> None:
     metrics = evaluate_toy2d(points, dataset, reference)
     floor = noise_floor(dataset, args.num_samples, args.seed)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = Path(args.out) if args.out else folder / f"samples_{solver}_{nfe}.png"
+    out = out_png or folder / f"samples_{solver}_{nfe}.png"
     save_histogram_grid([[points]], [solver], [f"NFE {nfe}"], out, extent=dataset.extent)
     print(f"{solver}, NFE {nfe}, {args.num_samples} samples: TV {metrics.tv:.4f} (floor {floor.tv:.4f}), "
           f"precision {metrics.precision:.4f} (floor {floor.precision:.4f}), SWD {metrics.swd:.4f} "
@@ -205,7 +213,7 @@ def _bench_2d(args) -> None:
     from ..experiments.toy2d import run_checkerboard_benchmark
 
     out = Path(args.out)
-    device = args.device or _auto_device()
+    device = _device(args.device)
     run = run_checkerboard_benchmark(out, iterations=args.iterations, batch_size=args.batch_size,
                                      num_samples=args.num_samples, nfes=tuple(args.nfe), device=device,
                                      seed=args.seed, work_dir=args.work_dir)
@@ -230,7 +238,7 @@ def _demo(args) -> None:
     from ..experiments.toy2d import run_demo
 
     paths = run_demo(_run_folder(args.out), iterations=args.iterations, num_samples=args.num_samples,
-                     device=args.device or _auto_device(), seed=args.seed)
+                     device=_device(args.device), seed=args.seed)
     print(paths["table"].read_text())
     print(f"figure:  {paths['figure']}\ntable:   {paths['table']}\nmetrics: {paths['json']}")
 
@@ -279,7 +287,8 @@ def _sample_images(args) -> None:
     from ..experiments import default_solver, load_run, sample_trained
     from ..metrics.figures import save_image_grid
 
-    device = args.device or _auto_device()
+    device = _device(args.device)
+    out_png = _png(args.out)
     trained = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
     if trained.event_shape[1:] == (1, 1):
         raise ValueError(f"{args.checkpoint} is a 2-D run; use sample-2d")
@@ -293,7 +302,7 @@ def _sample_images(args) -> None:
     images = sample_trained(trained, solver, nfe, labels=labels, guidance=_guidance(args, trained),
                             spectral=not args.no_spectral, seed=args.seed, device=device, progress=True)
     folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = Path(args.out) if args.out else folder / f"grid_{solver}_{nfe}.png"
+    out = out_png or folder / f"grid_{solver}_{nfe}.png"
     names = trained.class_names or tuple(str(c) for c in range(trained.num_classes))
     save_image_grid(images, out, nrow=args.per_class, row_labels=[names[c] for c in classes],
                     title=f"{solver}, NFE {nfe}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.registry import dataset_options
+from ..math.validation import check_float_in, check_positive_int
 from ..training.config import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -71,6 +72,19 @@ class LossConfig:
     spectral_weight: float | None = None
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_float_in("transition_ratio", self.transition_ratio, 0.0, 1.0, low_open=True)
+        check_positive_int("transition_draws", self.transition_draws)
+        if self.time_sampler not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_sampler must be 'uniform' or 'logit_normal', got {self.time_sampler!r}")
+        check_float_in("logit_mean", self.logit_mean, -1e3, 1e3)
+        check_float_in("logit_std", self.logit_std, 0.0, 1e3, low_open=True)
+        check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
+        check_float_in("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
+        if self.spectral_weight is not None:
+            check_float_in("spectral_weight", self.spectral_weight, 0.0, 1e6)
+        check_float_in("weight", self.weight, 0.0, 1e6, low_open=True)
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -91,6 +105,20 @@ class SampleConfig:
     cfg_scale: float = 1.0
     spectral: bool = True
     shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        from ..solvers.by_name import SOLVER_NAMES
+        from .sampling import make_guidance
+
+        if self.solver is not None and self.solver not in SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
+        check_positive_int("nfe", self.nfe)
+        if self.substeps is not None:
+            check_positive_int("substeps", self.substeps)
+        make_guidance(self.guidance_scale, self.orthogonal_guidance, self.cfg_scale)  # checks the three
+        if not isinstance(self.spectral, bool):
+            raise ValueError(f"spectral must be true or false, got {self.spectral!r}")
+        check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
 
 
 @dataclass(frozen=True)

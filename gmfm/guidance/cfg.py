@@ -35,7 +35,7 @@ def cfg_gm(cond: GaussianMixture, uncond: GaussianMixture, scale: float) -> Gaus
             f"uncond must have the shape of cond: {tuple(cond.means.shape)} vs {tuple(uncond.means.shape)}"
         )
     shift = (scale - 1.0) * (gm_mean(cond) - gm_mean(uncond))
-    return GaussianMixture(cond.means + shift.unsqueeze(-4), cond.logweights, cond.logstds)
+    return GaussianMixture.trusted(cond.means + shift.unsqueeze(-4), cond.logweights, cond.logstds)
 
 
 @dataclass(frozen=True)

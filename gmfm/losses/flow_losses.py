@@ -60,6 +60,21 @@ def drop_labels(labels: Tensor | None, probability: float, null_label: int | Non
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
+def check_batch(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """(x0 (B, C, H, W), labels (B,) or None) of a training batch, checked."""
+    if not isinstance(batch, dict) or "x0" not in batch:
+        raise ValueError("a training batch must be a dict with 'x0' (B, C, H, W) and optionally 'labels' (B,)")
+    x0, labels = batch["x0"], batch.get("labels")
+    if not isinstance(x0, Tensor) or x0.dim() != 4 or not x0.is_floating_point():
+        raise ValueError(f"batch['x0'] must be a floating (B, C, H, W) tensor, got {getattr(x0, 'shape', x0)!r}")
+    if labels is not None:
+        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError("batch['labels'] must be an integer tensor of class ids")
+        if tuple(labels.shape) != (x0.shape[0],):
+            raise ValueError(f"batch['labels'] must have shape ({x0.shape[0]},) to match x0, got {tuple(labels.shape)}")
+    return x0, labels
+
+
 def _device_tensor(t: Tensor, like: Tensor) -> Tensor:
     return t.to(device=like.device, dtype=like.dtype)
 
@@ -106,13 +121,13 @@ class GMFlowLoss:
 
     def __call__(self, model: Denoiser, batch: dict[str, Tensor], draws: BatchDraws | torch.Generator | None = None,
                  spectrum_net: SpectrumModel | None = None) -> LossOutput:
-        x0 = batch["x0"]
+        x0, labels = check_batch(batch)
         n = x0.shape[0]
         draws = BatchDraws.of(draws, n)
         sigma_high = _device_tensor(self.time_sampler(draws), x0).clamp(min=MIN_SIGMA, max=1.0)
         sigma_low = torch.minimum(sigma_high * (1 - self.transition_ratio), sigma_high - MIN_SIGMA).clamp(min=0)
         noise_low, noise_high = draws.randn(x0.shape[1:], x0), draws.randn(x0.shape[1:], x0)
-        labels = drop_labels(batch.get("labels"), self.label_dropout, self.null_label, draws)
+        labels = drop_labels(labels, self.label_dropout, self.null_label, draws)
         with value_checks(False):  # the noise levels are valid by construction: no device round trips
             x_low = forward_diffusion(x0, sigma_low, noise_low)
             x_high = forward_transition(x_low, sigma_low, sigma_high, noise_high)
@@ -158,11 +173,11 @@ class FlowMatchingLoss:
     def __call__(self, model: Denoiser | VelocityModel, batch: dict[str, Tensor],
                  draws: BatchDraws | torch.Generator | None = None,
                  spectrum_net: SpectrumModel | None = None) -> LossOutput:
-        x0 = batch["x0"]
+        x0, labels = check_batch(batch)
         draws = BatchDraws.of(draws, x0.shape[0])
         sigma = _device_tensor(self.time_sampler(draws), x0)
         noise = draws.randn(x0.shape[1:], x0)
-        labels = drop_labels(batch.get("labels"), self.label_dropout, self.null_label, draws)
+        labels = drop_labels(labels, self.label_dropout, self.null_label, draws)
         with value_checks(False):
             x_t = forward_diffusion(x0, sigma, noise)
             pred = model(x_t, sigma, labels)

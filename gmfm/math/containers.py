@@ -37,8 +37,9 @@ def _check_common(name: str, values: dict[str, Tensor]) -> None:
 class GaussianMixture:
     """A per-pixel Gaussian mixture with one shared isotropic std per sample (see module docstring).
 
-    Construction validates shapes, dtypes and devices and raises ``ValueError`` naming the field.
-    Use :meth:`from_logits` when the weights are unnormalised logits.
+    Construction validates shapes (K >= 1), dtypes and devices and raises ``ValueError`` naming the field;
+    ``logweights`` are normalised on construction (log-softmax over K), so unnormalised log-weights or
+    logits give the same mixture as :meth:`from_logits`.
     """
 
     means: Tensor
@@ -63,13 +64,26 @@ class GaussianMixture:
             )
         if tuple(logstds.shape[:-4]) != tuple(batch):
             check_broadcastable("GaussianMixture.logstds", logstds, batch, 4)
+        if k < 1:
+            raise ValueError(f"GaussianMixture.means must have K >= 1 components, got shape {tuple(means.shape)}")
         _check_common("GaussianMixture", {"means": means, "logweights": logweights, "logstds": logstds})
+        object.__setattr__(self, "logweights", torch.log_softmax(logweights, dim=-4))
 
     @classmethod
     def from_logits(cls, means: Tensor, logits: Tensor, logstds: Tensor) -> GaussianMixture:
-        """Build a GM from unnormalised component logits (normalised here with log-softmax over K)."""
+        """Build a GM from unnormalised component logits (normalised with log-softmax over K)."""
         check_tensor("logits", logits, min_dim=4)
-        return cls(means, torch.log_softmax(logits, dim=-4), logstds)
+        return cls(means, logits, logstds)
+
+    @classmethod
+    def trusted(cls, means: Tensor, logweights: Tensor, logstds: Tensor) -> GaussianMixture:
+        """A GM from the outputs of an operation that are valid by construction (shapes, dtypes, normalised
+        log-weights): no checks, no normalisation. For gmfm's own operations; users construct normally."""
+        gm = object.__new__(cls)
+        object.__setattr__(gm, "means", means)
+        object.__setattr__(gm, "logweights", logweights)
+        object.__setattr__(gm, "logstds", logstds)
+        return gm
 
     # ----- shape information -------------------------------------------------------------------------
     @property
@@ -101,15 +115,15 @@ class GaussianMixture:
     def map(self, fn: Any) -> GaussianMixture:
         """Apply ``fn`` to the three tensors (after expanding logstds to the full batch shape)."""
         logstds = self.logstds.expand(*self.batch_shape, 1, 1, 1, 1)
-        return GaussianMixture(fn(self.means), fn(self.logweights), fn(logstds))
+        return GaussianMixture.trusted(fn(self.means), fn(self.logweights), fn(logstds))
 
     def to(self, *args: Any, **kwargs: Any) -> GaussianMixture:
-        return GaussianMixture(
+        return GaussianMixture.trusted(
             self.means.to(*args, **kwargs), self.logweights.to(*args, **kwargs), self.logstds.to(*args, **kwargs)
         )
 
     def detach(self) -> GaussianMixture:
-        return GaussianMixture(self.means.detach(), self.logweights.detach(), self.logstds.detach())
+        return GaussianMixture.trusted(self.means.detach(), self.logweights.detach(), self.logstds.detach())
 
     def __getitem__(self, index: Any) -> GaussianMixture:
         """Index the batch dimensions, e.g. ``gm[:4]`` (the index must not reach the K, C, H, W dims)."""
@@ -123,7 +137,7 @@ class GaussianMixture:
         if any(g.num_components != gms[0].num_components for g in gms):
             raise ValueError("gms must all have the same number of components K")
         full = [g.map(lambda t: t) for g in gms]
-        return GaussianMixture(
+        return GaussianMixture.trusted(
             torch.cat([g.means for g in full], dim),
             torch.cat([g.logweights for g in full], dim),
             torch.cat([g.logstds for g in full], dim),

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .containers import GaussianMixture, IsoGaussian
 from .gm_ops import EPS, channel_dot
-from .validation import Level, as_level, check_same_trailing, check_tensor, value_checks_enabled
+from .validation import Level, as_level, check_same_dtype, check_same_trailing, check_tensor, value_checks_enabled
 
 Dist = TypeVar("Dist", GaussianMixture, IsoGaussian, Tensor)
 
@@ -62,10 +62,13 @@ def _any_above(a: Level, b: Level) -> bool:
     return bool(above.any()) if isinstance(above, Tensor) else bool(above)
 
 
-def _check_x(name: str, x: Tensor, event_shape: torch.Size | None = None) -> Tensor:
+def _check_x(name: str, x: Tensor, event_shape: torch.Size | None = None,
+             dist: GaussianMixture | IsoGaussian | None = None) -> Tensor:
     check_tensor(name, x, min_dim=3)
     if event_shape is not None:
         check_same_trailing(name, x, event_shape, "(C, H, W)")
+    if dist is not None:
+        check_same_dtype(name, x, dist)
     return x
 
 
@@ -75,13 +78,13 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     ``dist`` is a u-GM (GaussianMixture), an IsoGaussian over u, or a point prediction (Tensor
     (..., C, H, W)). For distributions, stds scale by sigma (clamped at ``eps`` inside the log).
     """
-    _check_x("x_t", x_t)
+    _check_x("x_t", x_t, dist=dist if isinstance(dist, (GaussianMixture, IsoGaussian)) else None)
     s = as_level("sigma", sigma, x_t)
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
         s_gm = _for_gm(s)
         means = _fma(x_t.unsqueeze(-4), dist.means, -s_gm)
-        return GaussianMixture(means, dist.logweights, dist.logstds + _log(_clamp_min(s_gm, eps)))
+        return GaussianMixture.trusted(means, dist.logweights, dist.logstds + _log(_clamp_min(s_gm, eps)))
     if isinstance(dist, IsoGaussian):
         return IsoGaussian(_fma(x_t, dist.mean, -s), dist.var * s**2)
     return _fma(x_t, check_tensor("dist", dist), -s)
@@ -89,13 +92,13 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
 
 def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     """Inverse of :func:`u_to_x0`: u = (x_t - x0) / sigma, sigma clamped at ``eps``."""
-    _check_x("x_t", x_t)
+    _check_x("x_t", x_t, dist=dist if isinstance(dist, (GaussianMixture, IsoGaussian)) else None)
     inv_s = 1 / _clamp_min(as_level("sigma", sigma, x_t), eps)
     if isinstance(dist, GaussianMixture):
         check_same_trailing("x_t", x_t, dist.event_shape, "the GM's (C, H, W)")
         inv_gm = _for_gm(inv_s)
         means = _fma((x_t * inv_s).unsqueeze(-4), dist.means, -inv_gm)
-        return GaussianMixture(means, dist.logweights, dist.logstds + _log(inv_gm))
+        return GaussianMixture.trusted(means, dist.logweights, dist.logstds + _log(inv_gm))
     if isinstance(dist, IsoGaussian):
         return IsoGaussian(_fma(x_t * inv_s, dist.mean, -inv_s), dist.var * inv_s**2)
     return _fma(x_t * inv_s, check_tensor("dist", dist), -inv_s)
@@ -154,7 +157,7 @@ def reverse_transition(
     """
     if prediction_type not in ("u", "x0"):
         raise ValueError(f"prediction_type must be 'u' or 'x0', got {prediction_type!r}")
-    _check_x("x_high", x_high, gm.event_shape)
+    _check_x("x_high", x_high, gm.event_shape, gm)
     hi = _for_gm(as_level("sigma_high", sigma_high, x_high))
     lo = _for_gm(as_level("sigma_low", sigma_low, x_high))
     _check_order(hi, lo)
@@ -170,7 +173,7 @@ def reverse_transition(
     noise_part = _log(_clamp_min(c3, eps))
     if not isinstance(noise_part, Tensor):
         noise_part = torch.full_like(var_part, noise_part)
-    return GaussianMixture(means, gm.logweights, 0.5 * torch.logaddexp(var_part, noise_part))
+    return GaussianMixture.trusted(means, gm.logweights, 0.5 * torch.logaddexp(var_part, noise_part))
 
 
 def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Tensor, eps: float = EPS) -> Tensor:
@@ -219,7 +222,7 @@ class DenoisingGMConverter:
 
     @classmethod
     def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: object, eps: float = EPS) -> DenoisingGMConverter:
-        _check_x("x_src", x_src, gm.event_shape)
+        _check_x("x_src", x_src, gm.event_shape, gm)
         return cls(gm, x_src, _clamp_min(as_level("sigma_src", sigma_src, x_src), eps), eps)
 
     @cached_property
@@ -238,7 +241,7 @@ class DenoisingGMConverter:
 
     def _reweighting(self, x_tgt: Tensor, sigma_tgt: object) -> tuple[Tensor, Tensor, Tensor]:
         """(nu (..., 1, C, H, W), denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point."""
-        _check_x("x_tgt", x_tgt, self.gm.event_shape)
+        _check_x("x_tgt", x_tgt, self.gm.event_shape, self.gm)
         s_tgt = _float64(_clamp_min(as_level("sigma_tgt", sigma_tgt, self.x_src), self.eps))
         src_precision, c_src = self._src_coefficients
         c_tgt = (1 - s_tgt) / s_tgt**2
@@ -260,7 +263,8 @@ class DenoisingGMConverter:
         """The full re-conditioned x0-GM (..., K, C, H, W)."""
         nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
         means = torch.addcmul(self._var * nu / denom, self.gm.means, 1 / denom)  # (mu + v nu) / d
-        return GaussianMixture(means, torch.log_softmax(logits, dim=-4), self.gm.logstds - 0.5 * torch.log(denom))
+        return GaussianMixture.trusted(means, torch.log_softmax(logits, dim=-4),
+                                       self.gm.logstds - 0.5 * torch.log(denom))
 
 
 def convert_denoising_gm(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .containers import GaussianMixture, IsoGaussian
 from .random import Generators, rand, randn
-from .validation import check_broadcastable, check_float_in, check_same_trailing, check_tensor
+from .validation import check_broadcastable, check_float_in, check_same_dtype, check_same_trailing, check_tensor
 
 #: Lower clamp of noise levels and of the transition variance in the training loss (official value).
 EPS = 1e-6
@@ -73,6 +73,7 @@ def _check_sample(name: str, x: Tensor, gm: GaussianMixture) -> None:
     check_tensor(name, x, min_dim=3)
     check_same_trailing(name, x, gm.event_shape, "the GM's (C, H, W)")
     check_broadcastable(name, x, gm.batch_shape, 3)
+    check_same_dtype(name, x, gm)
 
 
 def gm_weights(gm: GaussianMixture) -> Tensor:
@@ -182,6 +183,7 @@ def gm_mul_iso_gaussian(
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     check_same_trailing("gaussian.mean", gaussian.mean, gm.event_shape, "the GM's (C, H, W)")
+    check_same_dtype("gaussian", gaussian.mean, gm)
     ratio = gaussian_power / gm_power
     dtype, (gm_means, gm_logweights, gm_logstds, g_mean, g_var) = upcast(
         gm.means, gm.logweights, gm.logstds, gaussian.mean.unsqueeze(-4), gaussian.var.unsqueeze(-4))
@@ -192,7 +194,8 @@ def gm_mul_iso_gaussian(
     means = torch.addcmul(g_mean * (scaled_gm_var * inv_norm), gm_means, keep)
     delta = _consume_sq_norm(gm_means - g_mean) * (inv_norm * (-0.5 * ratio))
     logweights = torch.log_softmax(gm_logweights + delta, dim=-4)
-    return GaussianMixture(means.to(dtype), logweights.to(dtype), (gm_logstds + 0.5 * torch.log(keep)).to(dtype))
+    return GaussianMixture.trusted(means.to(dtype), logweights.to(dtype),
+                                   (gm_logstds + 0.5 * torch.log(keep)).to(dtype))
 
 
 def gm_sample(gm: GaussianMixture, generator: Generators = None) -> Tensor:
@@ -216,4 +219,4 @@ def gm_temperature(gm: GaussianMixture, temperature: float) -> GaussianMixture:
     """GM at a temperature T > 0: weights^(1/T) renormalised, component variance times T (pi-Flow)."""
     temperature = check_float_in("temperature", temperature, 0.0, math.inf, low_open=True)
     logweights = torch.log_softmax(gm.logweights / temperature, dim=-4)
-    return GaussianMixture(gm.means, logweights, gm.logstds + 0.5 * math.log(temperature))
+    return GaussianMixture.trusted(gm.means, logweights, gm.logstds + 0.5 * math.log(temperature))

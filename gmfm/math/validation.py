@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextvars
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,6 +66,15 @@ def check_same_trailing(name: str, value: Tensor, shape: Sequence[int], what: st
         raise ValueError(f"{name} must have trailing shape {tuple(shape)} ({what}), got {tuple(value.shape)}")
 
 
+def check_same_dtype(name: str, value: Tensor, dist: object) -> None:
+    """Raise unless ``value`` has the dtype of the distribution ``dist`` (a GM or Gaussian): mixing float32
+    and float64 would silently promote one part of the result."""
+    dtype = getattr(dist, "dtype", None) or getattr(getattr(dist, "mean", None), "dtype", None)
+    if dtype is not None and value.dtype != dtype:
+        raise ValueError(f"{name} has dtype {value.dtype} but the distribution is {dtype}: convert one of them "
+                         f"(e.g. {name}.to({dtype}))")
+
+
 def check_broadcastable(name: str, value: Tensor, batch_shape: Sequence[int], event_dims: int) -> None:
     """Raise unless the leading (batch) dimensions of ``value`` broadcast to ``batch_shape``."""
     lead = tuple(value.shape[: value.dim() - event_dims])
@@ -79,9 +90,10 @@ def check_broadcastable(name: str, value: Tensor, batch_shape: Sequence[int], ev
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an int if it is an integer (Python or numpy) >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_float_in(
@@ -90,7 +102,7 @@ def check_float_in(
     """Check that ``value`` is a finite real number in the given interval (bounds may be open)."""
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high

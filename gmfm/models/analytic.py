@@ -54,7 +54,7 @@ class AnalyticGMDenoiser(nn.Module):
             if self.num_classes != 1:
                 raise ValueError(f"condition (class ids) is required: the data has {self.num_classes} classes")
             return torch.zeros(batch_size, dtype=torch.long, device=self.means.device)
-        if not isinstance(condition, Tensor) or condition.dtype not in (torch.int32, torch.int64):
+        if not isinstance(condition, Tensor) or condition.is_floating_point() or condition.dtype == torch.bool:
             raise ValueError("condition must be an integer tensor of class ids, shape (B,)")
         if condition.shape != (batch_size,):
             raise ValueError(f"condition must have shape ({batch_size},), got {tuple(condition.shape)}")
@@ -90,7 +90,7 @@ class AnalyticGMDenoiser(nn.Module):
         means = post_var * (data.means / var0 + a * xk / s.square())
         delta = -(xk - a * data.means).square().sum(dim=2, keepdim=True) / (2 * marginal_var)
         logweights = torch.log_softmax(data.logweights + delta, dim=1)
-        return GaussianMixture(means, logweights, 0.5 * torch.log(post_var))
+        return GaussianMixture.trusted(means, logweights, 0.5 * torch.log(post_var))
 
     def forward(self, x_t: Tensor, sigma: object, condition: Tensor | None = None) -> GaussianMixture:
         """Exact u-GM at (x_t, sigma), (B, K, C, H, W), in the dtype of x_t."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..math.containers import GaussianMixture, IsoGaussian
 from .gm_head import GMOutputHead
-from .protocols import null_label
+from .protocols import check_class_labels, null_label
 
 
 class _ConditionEmbedding(nn.Module):
@@ -169,10 +169,7 @@ class GMDiTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"hidden_states must have {self.config.in_channels} channels, got {channels}")
         if height % p or width % p:
             raise ValueError(f"latent size {height} x {width} is not divisible by the patch size {p}")
-        if class_labels is None or class_labels.shape != (batch,):
-            raise ValueError(f"class_labels must be a (B,) = ({batch},) tensor of class ids")
-        if bool(((class_labels < 0) | (class_labels > self.null_label)).any()):
-            raise ValueError(f"class_labels must be in [0, {self.null_label}] ({self.null_label} = null class)")
+        class_labels = check_class_labels("class_labels", class_labels, batch, self.num_classes)
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
         x = self.pos_embed(hidden_states)
         emb = self.emb(timestep, class_labels, hidden_states.dtype)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..math.containers import GaussianMixture
-from ..math.validation import as_sigma
+from ..math.validation import as_sigma, check_float_in, check_positive_int
 from .embeddings import position_embedding, timestep_embedding
 from .gm_head import GMOutputHead
-from .protocols import null_label
+from .protocols import check_class_labels, null_label
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,15 @@ class MLP2DConfig:
     pos_min_period: float = 5e-3
     pos_max_period: float = 50.0
     constant_logstd: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_components", "hidden_dim", "num_layers", "embed_dim"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("num_classes", self.num_classes, minimum=0)
+        check_float_in("pos_min_period", self.pos_min_period, 0.0, math.inf, low_open=True)
+        check_float_in("pos_max_period", self.pos_max_period, self.pos_min_period, math.inf, low_open=True)
+        if self.constant_logstd is not None:
+            check_float_in("constant_logstd", self.constant_logstd, -50.0, 50.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,8 +98,7 @@ class GMFlowMLP2D(nn.Module):
         ]
         if self.config.num_classes:
             if labels is None:
-                raise ValueError("labels are required by a class-conditional model (use num_classes for null)")
-            if bool(((labels < 0) | (labels > self.null_label)).any()):
-                raise ValueError(f"labels must be in [0, {self.null_label}] ({self.null_label} = null)")
-            parts.append(self.class_embedding(labels.long()))
+                raise ValueError(f"labels are required by a class-conditional model (use {self.null_label} for "
+                                 "the null class)")
+            parts.append(self.class_embedding(check_class_labels("labels", labels, batch, self.config.num_classes)))
         return self.head(self.proj(self.net(torch.cat(parts, dim=-1)))[:, :, None, None])

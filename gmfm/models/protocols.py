@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from ..math.containers import GaussianMixture, IsoGaussian
@@ -38,3 +39,19 @@ def null_label(num_classes: int) -> int:
     """The class id meaning "unconditional" for a model of ``num_classes`` classes (the official
     convention: one extra row of the label table, id = number of classes)."""
     return int(num_classes)
+
+
+def check_class_labels(name: str, labels: object, batch_size: int, num_classes: int) -> Tensor:
+    """``labels`` as an int64 (B,) tensor of class ids in [0, num_classes] (num_classes = the null label).
+
+    Float or boolean labels are refused (truncating 0.7 to class 0 would be silent)."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{name} must be a ({batch_size},) tensor of integer class ids, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class ids, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (batch_size,):
+        raise ValueError(f"{name} must have shape ({batch_size},) (one class id per sample), got {tuple(labels.shape)}")
+    if bool(((labels < 0) | (labels > null_label(num_classes))).any()):
+        raise ValueError(f"{name} must be in [0, {null_label(num_classes)}] ({null_label(num_classes)} = the null "
+                         "class)")
+    return labels.long()

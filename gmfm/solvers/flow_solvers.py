@@ -27,9 +27,9 @@ from ..math.containers import GaussianMixture
 from ..math.flow import euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean
 from ..math.random import Generators, check_generators, randn
-from ..math.validation import check_finite, check_positive_int, check_tensor
+from ..math.validation import check_finite, check_positive_int
 from ..models.protocols import Denoiser, VelocityModel
-from .gm_solver import concat_conditions
+from .gm_solver import as_images, check_condition_batch, concat_conditions, working_dtype
 from .timesteps import flow_sigmas
 
 FLOW_SOLVERS = ("euler", "ddpm_small", "ddpm_large", "dpmpp2m", "dpmpp2m_sde", "unipc")
@@ -115,7 +115,8 @@ def flow_sample(
 
     Args:
         model: ``(x_t, sigma (B',), condition) -> u``; under CFG called once per step on [cond; uncond].
-        noise: (B, C, H, W). steps: network evaluations >= 1. solver: one of :data:`FLOW_SOLVERS`.
+        noise: (B, C, H, W), or (B, D) points (the model then sees (B, D, 1, 1)); half precision is promoted
+            to float32. steps: network evaluations >= 1. solver: one of :data:`FLOW_SOLVERS`.
         shift: time shift of the grid (as for the GM solvers).
         condition, uncond_condition: passed to the model; under guidance it sees [condition; uncond_condition].
         guidance: a guidance that acts on point predictions (``ClassifierFreeGuidance(scale)``:
@@ -125,9 +126,8 @@ def flow_sample(
     Returns:
         :class:`FlowSampleOutput` with ``sample`` (B, C, H, W).
     """
-    check_tensor("noise", noise, min_dim=4)
-    if noise.dim() != 4:
-        raise ValueError(f"noise must have shape (B, C, H, W), got {tuple(noise.shape)}")
+    noise, points = as_images(noise, "noise")
+    noise = noise.to(working_dtype(noise.dtype))
     check_finite("noise", noise)
     check_positive_int("steps", steps)
     if solver not in FLOW_SOLVERS:
@@ -138,6 +138,9 @@ def flow_sample(
         raise ValueError(point_prediction_error(guidance))
     if guidance is not None and uncond_condition is None:
         raise ValueError(f"uncond_condition is required by {guidance}")
+    check_condition_batch("condition", condition, noise.shape[0])
+    if guidance is not None:
+        check_condition_batch("uncond_condition", uncond_condition, noise.shape[0])
     model_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
 
     grid = flow_sigmas(steps, shift)
@@ -164,4 +167,6 @@ def flow_sample(
         else:
             x = ddpm_step(u_to_x0(u, x, sigma), x, sigma, sigma_to, randn(x.shape, generator, x),
                           variance=solver.removeprefix("ddpm_"))
+    if points:
+        x, x0_predictions = x.flatten(1), [p.flatten(1) for p in x0_predictions]
     return FlowSampleOutput(x, x0_predictions if return_x0 else None)

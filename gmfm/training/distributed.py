@@ -45,6 +45,21 @@ class Distributed:
         return box[0]
 
 
+def resolve_device(device: str) -> torch.device:
+    """A checked device: "auto" is CUDA when available, else the CPU; "cuda" must exist here."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine (use 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -55,16 +70,7 @@ def setup_distributed(device: str, timeout_minutes: float = 30.0) -> Distributed
     ``device`` "auto" is CUDA when available; "cuda" becomes ``cuda:LOCAL_RANK`` under torchrun (one GPU per
     process, backend NCCL); the CPU uses gloo.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device {device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine (use 'cpu')")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    dev = resolve_device(device)
     if not launched_by_torchrun():
         return Distributed(0, 1, dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -225,14 +225,16 @@ def train(
             checkpoint verified to be finite and loadable.
     """
     dist = setup_distributed(config.device)
-    device = dist.device
     rows = _local_rows(config, dist)
     out = Path(out_dir) if out_dir is not None else None
     lock = RunLock(out) if (out is not None and dist.is_main) else None
     if out is not None and dist.is_main:
         if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+            raise ValueError(f"the run folder {out} exists and is not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"cannot create the run folder {out}: {err.strerror or err}") from None
     with lock if lock is not None else nullcontext():
         return _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, metadata or {},
                       settings or {}, allow_changed_settings, progress)
@@ -263,9 +265,10 @@ def _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, met
         start, last_good = ckpt.step, ckpt_path
     if ema is not None:
         ema.model.to(device)
-    log = writer = None
+    log = timing = writer = None
     if out is not None and dist.is_main:
-        log = _CsvLog(out / "log.csv", start)
+        log = _CsvLog(out / "log.csv", start)  # deterministic: equal for equal runs, resumed or not
+        timing = _CsvLog(out / "timing.csv", start)  # wall-clock, apart
         writer = _tensorboard(out, config.tensorboard)
     meta = {**metadata, "train_config": asdict(config), "settings": settings}
     result = TrainResult(model, ema.model if ema else None, start, last_good)
@@ -351,13 +354,14 @@ def _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, met
             window.append(loss_value)
             if dist.is_main and (done % config.log_every == 0 or done == config.iterations):
                 row = {"step": done, "loss": sum(window) / len(window), "lr": config.lr_at(step),
-                       "grad_norm": grad_norm, "seconds_per_iter": (time.perf_counter() - tic) / len(window),
-                       **logs}
+                       "grad_norm": grad_norm, **logs}
+                seconds = (time.perf_counter() - tic) / len(window)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if log is not None:
                     log.write(row)
+                    timing.write({"step": done, "seconds_per_iter": seconds, "processes": dist.world_size})
                 if writer is not None:
-                    for key, value in row.items():
+                    for key, value in {**row, "seconds_per_iter": seconds}.items():
                         if key != "step":
                             writer.add_scalar(key, value, done)
                 window, tic = [], time.perf_counter()

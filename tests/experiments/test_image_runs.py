@@ -43,8 +43,9 @@ def test_tiny_training_sampling_and_pipeline_export(tmp_path):
     from gmfm.pipelines import GMDiTPipeline
 
     pipe = GMDiTPipeline.from_pretrained(export_pipeline(trained, tmp_path / "pipe"))
+    pipe.set_progress_bar_config(disable=True)
     images = pipe(["seven", "one"], num_inference_steps=2, output_mode="sample", output_type="pt",
-                  generator=torch.Generator().manual_seed(0), progress=False).images
+                  generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 1, 32, 32)
 
 

@@ -137,3 +137,66 @@ def test_sampler_rejects_a_denoiser_that_returns_nan_or_the_wrong_shape():
         gmflow_sample(lambda x, s, c: make_gm(b=3), NOISE, 2)
     with pytest.raises(ValueError, match=r"the denoiser must return a GaussianMixture, got Tensor"):
         gmflow_sample(lambda x, s, c: x, NOISE, 2)
+
+
+# ----- the API probes of the reliability review: each names the argument --------------------------------
+def test_condition_with_another_batch_size_is_named():
+    with pytest.raises(ValueError, match=r"condition must have one row per sample: shape \(2, \.\.\.\), got \(3,\)"):
+        gmflow_sample(oracle(), NOISE, 2, condition=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"uncond_condition must have one row per sample"):
+        gmflow_sample(oracle(), NOISE, 2, condition=LABELS, uncond_condition=torch.tensor([1]),
+                      guidance=ProbabilisticGuidance(0.3))
+
+
+def test_float_labels_are_refused_not_truncated():
+    from gmfm.losses import GMFlowLoss
+    from gmfm.models import GMFlowMLP2D
+
+    with pytest.raises(ValueError, match="condition must be an integer tensor of class ids"):
+        gmflow_sample(oracle(), NOISE, 2, condition=torch.tensor([0.7, 1.0]))
+    mlp = GMFlowMLP2D(num_components=2, hidden_dim=8, num_layers=1, num_classes=3)
+    with pytest.raises(ValueError, match=r"labels must hold integer class ids, got dtype torch.float32"):
+        mlp(torch.randn(2, 2, 1, 1), torch.rand(2), torch.tensor([0.7, 1.0]))
+    with pytest.raises(ValueError, match=r"batch\['labels'\] must be an integer tensor"):
+        GMFlowLoss()(mlp, {"x0": torch.randn(2, 2, 1, 1), "labels": torch.tensor([0.7, 1.0])})
+    with pytest.raises(ValueError, match=r"batch\['labels'\] must have shape \(2,\) to match x0"):
+        GMFlowLoss()(mlp, {"x0": torch.randn(2, 2, 1, 1), "labels": torch.tensor([0, 1, 2])})
+
+
+def test_mixed_dtypes_name_the_sample_not_the_weights():
+    gm = make_gm()
+    with pytest.raises(ValueError, match=r"x_t has dtype torch.float64 but the distribution is torch.float32"):
+        u_to_x0(gm, torch.randn(2, 2, 2, 2, dtype=torch.float64), 0.5)
+    with pytest.raises(ValueError, match=r"target has dtype torch.float64 but the distribution is torch.float32"):
+        gm_nll(gm, torch.randn(2, 2, 2, 2, dtype=torch.float64))
+
+
+def test_numpy_scalars_are_numbers():
+    import numpy as np
+
+    gm, x = make_gm(), torch.randn(2, 2, 2, 2)
+    torch.testing.assert_close(u_to_x0(gm, x, np.float32(0.5)).means, u_to_x0(gm, x, 0.5).means)
+    assert len(flow_sigmas(np.int64(4))) == 5
+    assert probabilistic_guidance(gm, make_gm(), np.float64(0.3)).gm.means.shape == gm.means.shape
+
+
+def test_a_mixture_needs_a_component_and_weights_are_normalised():
+    with pytest.raises(ValueError, match=r"K >= 1 components"):
+        GaussianMixture(torch.zeros(2, 0, 2, 1, 1), torch.zeros(2, 0, 1, 1, 1), torch.zeros(2, 1, 1, 1, 1))
+    means, logits = torch.randn(2, 3, 2, 1, 1), torch.randn(2, 3, 1, 1, 1) + 5.0  # unnormalised
+    x = torch.randn(2, 2, 1, 1)
+    raw = GaussianMixture(means, logits, torch.zeros(2, 1, 1, 1, 1))
+    torch.testing.assert_close(raw.logweights.logsumexp(dim=1), torch.zeros(2, 1, 1, 1))
+    torch.testing.assert_close(gm_log_prob(raw, x), gm_log_prob(GaussianMixture.from_logits(means, logits, raw.logstds), x))
+
+
+def test_points_without_image_dimensions():
+    from gmfm.solvers import flow_sample, mean_velocity
+
+    den = AnalyticGMDenoiser(torch.randn(3, 2, 1, 1), torch.zeros(3, 1, 1, 1), -1.0)
+    noise = torch.randn(5, 2)
+    out = gmflow_sample(den, noise, 2, method="sde", generator=torch.Generator().manual_seed(0)).sample
+    assert out.shape == (5, 2)
+    torch.testing.assert_close(out, gmflow_sample(den, noise[:, :, None, None], 2, method="sde",
+                                                  generator=torch.Generator().manual_seed(0)).sample.flatten(1))
+    assert flow_sample(mean_velocity(den), noise, 2).sample.shape == (5, 2)
