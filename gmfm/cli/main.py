@@ -77,6 +77,8 @@ def _add_train_2d(sub) -> None:
 def _add_train_options(p) -> None:
     p.add_argument("--iterations", type=POSITIVE, default=None, help="[train] iterations")
     p.add_argument("--batch-size", type=POSITIVE, default=None, help="[train] batch_size (the global batch)")
+    p.add_argument("--micro-batch-size", type=POSITIVE, default=None,
+                   help="[train] micro_batch_size: per-process micro-batch (gradient accumulation)")
     p.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=None, help="[train] lr")
     p.add_argument("--optimizer", default=None, choices=["adam", "adamw", "adamw8bit"], help="[train] optimizer")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=None, help="[train] warmup_iters")
@@ -88,6 +90,7 @@ def _add_train_options(p) -> None:
                    help="[train] seed: model initialisation, data, noise and time draws")
     p.add_argument("--checkpoint-every", type=POSITIVE, default=None, help="[train] checkpoint_every")
     p.add_argument("--log-every", type=POSITIVE, default=None, help="[train] log_every")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16"], help="[train] mixed_precision")
     add_device(p, "the recipe's [train] device")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
     p.add_argument("--allow-changed-settings", action="store_true",
@@ -95,18 +98,25 @@ def _add_train_options(p) -> None:
 
 
 def _train_overrides(args) -> dict:
-    return {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+    return {"iterations": args.iterations, "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+            "lr": args.lr, "optimizer": args.optimizer,
             "warmup_iters": args.warmup, "grad_clip": args.grad_clip, "ema": args.ema, "ema_gamma": args.ema_gamma,
             "seed": args.seed, "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-            "device": args.device}
+            "mixed_precision": args.mixed_precision, "device": args.device}
 
 
-def _train(recipe, args) -> None:
+def _train(recipe, args):
+    """Train (one process, or this process's share under torchrun); the result on rank 0, None elsewhere."""
     from ..experiments import train_recipe
+    from ..training import teardown_distributed
 
     out = _run_folder(args.out)
-    result = train_recipe(recipe, out, resume=not args.no_resume, allow_changed_settings=args.allow_changed_settings)
-    return result
+    try:
+        result = train_recipe(recipe, out, resume=not args.no_resume,
+                              allow_changed_settings=args.allow_changed_settings)
+    finally:
+        teardown_distributed()
+    return result if result.rank == 0 else None
 
 
 def _train_2d(args) -> None:

@@ -1,7 +1,7 @@
 """diffusers pipelines: class-conditional GM-DiT sampling from the official layout, and its schedulers
 (imported on first use: they load diffusers' pipeline machinery)."""
 
-__all__ = ["GMDiTPipeline", "GMFlowSDEScheduler", "FlowEulerODEScheduler"]
+__all__ = ["FlowEulerODEScheduler", "GMDiTPipeline", "GMFlowSDEScheduler"]
 
 _LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMFlowSDEScheduler": "..solvers.schedulers",
          "FlowEulerODEScheduler": "..solvers.schedulers"}

@@ -1,97 +1,162 @@
 """A diffusers pipeline for class-conditional GM-DiT, reading the official Hugging Face layout.
 
     pipe = GMDiTPipeline.from_pretrained("path/to/gmflow_imagenet_k8_ema")   # a local folder
-    ids = pipe.get_label_ids(["jay", "magpie"])
-    images = pipe(ids, guidance_scale=0.45, num_inference_steps=8, num_inference_substeps=16,
-                  output_mode="mean", generator=torch.Generator().manual_seed(0)).images
+    pipe.scheduler = FlowEulerODEScheduler.from_config(pipe.scheduler.config)  # GM-ODE
+    images = pipe(pipe.get_label_ids(["jay", "magpie"]), guidance_scale=0.45, generator=torch.manual_seed(0),
+                  num_inference_steps=8, num_inference_substeps=16, output_mode="mean").images
 
 The folder holds ``model_index.json`` (with ``id2label``), ``transformer/``, ``spectrum_net/``,
-``scheduler/`` and optionally ``vae/`` (without a VAE the model works in pixel space, values in [-1, 1]).
-Components are loaded with gmfm's classes whatever library names the index records, so folders saved by
-the official code load too. Sampling is :func:`gmfm.solvers.gmflow_sample`: nothing is kept between calls,
-and the generator drives every random draw (initial noise, GM samples, SDE noise).
+``scheduler/`` and optionally ``vae/`` (without a VAE the model works in its data space, values in
+[-1, 1]). Loading is diffusers' own :meth:`DiffusionPipeline.from_pretrained` (component overrides,
+``torch_dtype``, ``variant`` with fallback to the plain files, warnings for unknown keywords); the class
+names the official code records (``lib.models...`` ``_GMDiTTransformer2DModel``, ``_SpectrumMLP``,
+``GMFlowSDEScheduler``, ``FlowEulerODEScheduler``) are read as gmfm's classes. Nothing is downloaded.
+
+Sampling, as the official pipeline: each of ``num_inference_steps`` steps evaluates the network once
+(on the doubled [cond; null] batch under guidance), guides and 2nd-order-corrects its x0-GM
+(:func:`gmfm.solvers.gm_solver.predict_step`), then takes ``num_inference_substeps`` scheduler steps, each
+given an x0 of that GM re-conditioned on the current point: its mean (``output_mode="mean"``) or a draw
+(``"sample"``, spectrally correlated when the pipeline has a SpectrumMLP). The scheduler decides the
+step: :class:`FlowEulerODEScheduler` + "mean" is GM-ODE, :class:`GMFlowSDEScheduler` + "sample" is GM-SDE,
+:class:`GMFlowSDEScheduler` + "mean" a DDPM-like step on the GM mean with its config's variance.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import AutoencoderKL
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import is_accelerate_available
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from ..math.random import randn
+from ..guidance import ProbabilisticGuidance
+from ..guidance.base import active_guidance
+from ..math.random import check_generators
+from ..math.validation import check_positive_int
 from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 from ..models.gmflow_model import GMFlowModel
-from ..guidance import ProbabilisticGuidance
-from ..solvers.gm_solver import gmflow_sample
-from ..solvers.second_order import DEFAULT_COEFS
-from ..solvers.schedulers import SCHEDULERS, FlowEulerODEScheduler, GMFlowSDEScheduler
+from ..solvers.gm_solver import concat_conditions, predict_step
+from ..solvers.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
+from ..solvers.second_order import DEFAULT_COEFS, SecondOrderState
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OUTPUT_MODES = ("mean", "sample")
+
+#: The classes an official ``model_index.json`` names (under the official ``lib.`` package), read as gmfm's.
+OFFICIAL_CLASSES: dict[str, type] = {
+    "_GMDiTTransformer2DModel": GMDiTTransformer2DModel,
+    "GMDiTTransformer2DModel": GMDiTTransformer2DModel,
+    "_SpectrumMLP": SpectrumMLP,
+    "SpectrumMLP": SpectrumMLP,
+    "GMFlowSDEScheduler": GMFlowSDEScheduler,
+    "FlowEulerODEScheduler": FlowEulerODEScheduler,
+}
+_OFFICIAL_PACKAGE = "lib"
+
+
+def _is_official_library(library: object) -> bool:
+    return isinstance(library, str) and (library == _OFFICIAL_PACKAGE or library.startswith(_OFFICIAL_PACKAGE + "."))
+
+
+def map_official_components(config: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite the ``[library, class]`` entries of a ``model_index.json`` that name the official code as
+    gmfm's module and class (in place; returns ``config``). An official class gmfm does not provide is an
+    error naming the component."""
+    for name, value in config.items():
+        if name.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != 2:
+            continue
+        library, class_name = value
+        if not _is_official_library(library):
+            continue
+        cls = OFFICIAL_CLASSES.get(class_name)
+        if cls is None:
+            raise ValueError(f"model_index.json: component {name!r} is the official {library}.{class_name}, which "
+                             f"gmfm does not provide (it reads {sorted(OFFICIAL_CLASSES)})")
+        config[name] = [cls.__module__, cls.__name__]
+    return config
 
 
 class GMDiTPipeline(DiffusionPipeline):
-    """Class-conditional GMFlow sampling: GM-SDE (``output_mode="sample"``, with spectral sampling when a
-    SpectrumMLP is present) or GM-ODE (``output_mode="mean"``), order 1 or 2, probabilistic guidance."""
+    """Class-conditional GMFlow sampling with GM-DiT: GM-ODE or GM-SDE, order 1 or 2, probabilistic guidance.
 
-    model_cpu_offload_seq = "transformer->vae"
+    Args:
+        transformer: the u-GM network; class ``num_embeds_ada_norm`` is the null (unconditional) class.
+        spectrum_net: predicts the power spectrum of GM-SDE samples (``output_mode="sample"``); None draws
+            every pixel independently.
+        scheduler: :class:`FlowEulerODEScheduler` or :class:`GMFlowSDEScheduler` (see the module docstring).
+        vae: decodes latents to images; None: the model works in its data space ([-1, 1]).
+        id2label: class id (a string or an int) -> comma-separated label words (for :meth:`get_label_ids`).
+    """
+
+    model_cpu_offload_seq = "transformer->spectrum_net->vae"
     _optional_components = ["spectrum_net", "vae"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: GMDiTTransformer2DModel, spectrum_net: SpectrumMLP | None,
-                 scheduler: FlowEulerODEScheduler | GMFlowSDEScheduler, vae: Any,
-                 id2label: dict[int | str, str] | None = None) -> None:
+                 scheduler: FlowEulerODEScheduler | GMFlowSDEScheduler, vae: AutoencoderKL | None,
+                 id2label: dict[str, str] | None = None) -> None:
         super().__init__()
+        _check_scheduler(scheduler)
+        if spectrum_net is not None and tuple(spectrum_net.config.base_size)[0] != transformer.out_channels:
+            raise ValueError(f"spectrum_net has {spectrum_net.config.base_size[0]} channels, the transformer "
+                             f"{transformer.out_channels}")
+        if vae is not None and vae.config.latent_channels != transformer.out_channels:
+            raise ValueError(f"vae has {vae.config.latent_channels} latent channels, the transformer "
+                             f"{transformer.out_channels}")
         self.register_modules(transformer=transformer, spectrum_net=spectrum_net, vae=vae, scheduler=scheduler)
         self.register_to_config(id2label=id2label)
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=vae_scale)
         self.labels: dict[str, int] = {}
         for key, value in (id2label or {}).items():
             for word in value.split(","):
                 self.labels[word.strip()] = int(key)
+        self.labels = dict(sorted(self.labels.items()))
+        self._num_timesteps = 0
+        self._interrupt = False
 
     # ----- loading -----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
-                        variant: str | None = None, **kwargs: Any) -> GMDiTPipeline:
-        """Load a local folder in the official layout (see the module docstring). Errors name the missing
-        component or the mismatch."""
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``load_config``, with the official component classes read as gmfm's
+        (:func:`map_official_components`)."""
+        loaded = super().load_config(*args, **kwargs)
+        map_official_components(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> GMDiTPipeline:
+        """Load a local pipeline folder with diffusers' :meth:`DiffusionPipeline.from_pretrained` (every
+        keyword of it works: ``torch_dtype``, ``variant``, component overrides such as ``scheduler=``).
+
+        Raises:
+            FileNotFoundError: the folder has no ``model_index.json`` (gmfm never downloads).
+            ValueError: a component listed in ``model_index.json`` has no folder.
+        """
         root = Path(pretrained_model_name_or_path)
         index_path = root / "model_index.json"
         if not index_path.is_file():
             raise FileNotFoundError(f"{root} is not a pipeline folder: {index_path} does not exist "
                                     "(download the checkpoint first; nothing is fetched at run time)")
         index = json.loads(index_path.read_text())
-        for component in ("transformer", "scheduler"):
-            if component not in index or not (root / component).is_dir():
-                raise ValueError(f"{root}: the pipeline needs a '{component}' component (model_index.json entry "
-                                 f"and {component}/ folder)")
-        load = dict(torch_dtype=torch_dtype, variant=variant, low_cpu_mem_usage=False)
-        transformer = _load_model(GMDiTTransformer2DModel, root / "transformer", load)
-
-        def optional(name: str, model_class: Any) -> Any:
-            if not index.get(name) or index[name][0] is None:
-                return None
-            if not (root / name).is_dir():
+        for name, value in index.items():
+            listed = isinstance(value, list) and len(value) == 2 and value[0] is not None
+            if listed and not name.startswith("_") and name not in kwargs and not (root / name).is_dir():
                 raise ValueError(f"{root}: model_index.json lists {name} but {root / name} is missing")
-            return _load_model(model_class, root / name, load)
-
-        spectrum_net = optional("spectrum_net", SpectrumMLP)
-        vae = optional("vae", AutoencoderKL)
-        config_path = root / "scheduler" / "scheduler_config.json"
-        if not config_path.is_file():
-            raise ValueError(f"{root}: {config_path} is missing")
-        scheduler_name = json.loads(config_path.read_text()).get("_class_name")
-        if scheduler_name not in SCHEDULERS:
-            raise ValueError(f"{config_path}: scheduler {scheduler_name!r} is not one of {sorted(SCHEDULERS)}")
-        scheduler = SCHEDULERS[scheduler_name].from_pretrained(root / "scheduler")
-        pipe = cls(transformer, spectrum_net, scheduler, vae, index.get("id2label"))
-        if spectrum_net is not None and tuple(spectrum_net.config.base_size)[0] != transformer.out_channels:
-            raise ValueError(f"{root}: spectrum_net has {spectrum_net.config.base_size[0]} channels, the "
-                             f"transformer {transformer.out_channels}")
-        return pipe
+        if not is_accelerate_available():  # what diffusers falls back to anyway, without its warning
+            kwargs.setdefault("low_cpu_mem_usage", False)
+        return super().from_pretrained(str(root), **kwargs)
 
     # ----- labels ------------------------------------------------------------------------------------
     def get_label_ids(self, label: str | list[str]) -> list[int]:
@@ -100,94 +165,212 @@ class GMDiTPipeline(DiffusionPipeline):
         unknown = [w for w in words if w not in self.labels]
         if unknown:
             raise ValueError(f"unknown class words {unknown}; this pipeline knows {len(self.labels)} words "
-                             f"(e.g. {sorted(self.labels)[:5]})")
+                             f"(e.g. {list(self.labels)[:5]})")
         return [self.labels[w] for w in words]
 
     def _class_tensor(self, class_labels: Any, device: torch.device) -> Tensor:
-        items = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        """class_labels (ids or words) -> (B,) int64; anything else is a ValueError naming class_labels."""
+        if isinstance(class_labels, (Tensor, np.ndarray)):
+            if class_labels.ndim > 1 or not _is_integer_dtype(class_labels.dtype):
+                raise ValueError(f"class_labels must be integer class ids (or label words), got a "
+                                 f"{type(class_labels).__name__} of dtype {class_labels.dtype} and shape "
+                                 f"{tuple(class_labels.shape)}")
+            items: list[Any] = [int(v) for v in class_labels.reshape(-1).tolist()]
+        elif isinstance(class_labels, (str, numbers.Integral)) and not isinstance(class_labels, bool):
+            items = [class_labels]
+        elif isinstance(class_labels, Sequence):
+            items = list(class_labels)
+        else:
+            raise ValueError(f"class_labels must be class ids or label words, got {type(class_labels).__name__}")
+        bad = [x for x in items if isinstance(x, bool) or not isinstance(x, (str, numbers.Integral))]
+        if bad:
+            raise ValueError(f"class_labels must be integer class ids or label words, got {bad} "
+                             f"({type(bad[0]).__name__})")
+        if not items:
+            raise ValueError("class_labels must not be empty")
         ids = [self.get_label_ids(x)[0] if isinstance(x, str) else int(x) for x in items]
         num_classes = self.transformer.config.num_embeds_ada_norm
-        bad = [i for i in ids if not 0 <= i < num_classes]
-        if bad:
-            raise ValueError(f"class_labels {bad} are out of range: the model has classes 0..{num_classes - 1}")
-        if not ids:
-            raise ValueError("class_labels must not be empty")
-        return torch.tensor(ids, device=device)
+        out_of_range = [i for i in ids if not 0 <= i < num_classes]
+        if out_of_range:
+            raise ValueError(f"class_labels {out_of_range} are out of range: the model has classes "
+                             f"0..{num_classes - 1}")
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
+    # ----- diffusers' pipeline state -----------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        """Network evaluations of the last call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set by a ``callback_on_step_end`` (``pipe._interrupt = True``) to stop after the current step."""
+        return self._interrupt
 
     # ----- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: int | str | list[int | str],
+        class_labels: int | str | Sequence[int | str] | Tensor,
         guidance_scale: float = 0.45,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 32,
         num_inference_substeps: int = 4,
         output_mode: str = "mean",
         order: int = 2,
         orthogonal_guidance: float = 1.0,
-        gm2_coefs: tuple[float, float] = DEFAULT_COEFS,
-        use_spectrum: bool = True,
-        generator: torch.Generator | None = None,
+        gm2_coefs: Sequence[float] = DEFAULT_COEFS,
+        gm2_correction_steps: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
-        progress: bool = True,
+        num_images_per_prompt: int = 1,
+        latents: Tensor | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
-        """Sample one image per class label.
+        """Sample ``num_images_per_prompt`` images per class label.
 
         Args:
-            class_labels: class ids or label words (see :meth:`get_label_ids`).
+            class_labels: class ids or label words (see :meth:`get_label_ids`), B of them.
             guidance_scale: probabilistic guidance w in [0, 1) (0: unguided, no unconditional pass).
-            num_inference_steps, num_inference_substeps: network evaluations and GM-ODE substeps per step
-                (GM-SDE uses 1 substep).
-            output_mode: "mean" (GM-ODE) or "sample" (GM-SDE, spectral sampling when ``use_spectrum`` and
-                the pipeline has a SpectrumMLP).
-            order: 1 or 2; orthogonal_guidance: projection weight; gm2_coefs: 2nd-order damping (ca, cb).
-            generator: drives every random draw. output_type: "pil", "np", "pt" (images in [0, 1]) or
-                "latent" (the raw samples).
+            generator: one generator, or a list of B * ``num_images_per_prompt`` (one per image: image i
+                then depends on generator i only). It draws x_T (diffusers' ``randn_tensor``), GM samples and
+                the scheduler's noise, in that order per step.
+            num_inference_steps: network evaluations N.
+            num_inference_substeps: scheduler steps per evaluation (the scheduler runs N * substeps steps).
+            output_mode: the x0 each scheduler step is given: "mean" of the step's x0-GM (GM-ODE with
+                :class:`FlowEulerODEScheduler`) or "sample", a draw of it (GM-SDE with
+                :class:`GMFlowSDEScheduler`; spectral sampling when the pipeline has a SpectrumMLP).
+            order: 1, or 2 for the 2nd-order GM correction.
+            orthogonal_guidance: weight in [0, 1] of the projection removing the guidance bias along the mean.
+            gm2_coefs: (ca, cb) damping coefficients of the 2nd-order correction.
+            gm2_correction_steps: the official extra loop refining the 2nd-order correction so that the
+                corrected GM's mean moves by exactly the damped 2nd-order difference (default 0: off).
+            output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), images in [0, 1]; or "latent": the
+                final latents (B, C, h, w), not divided by the VAE's scaling factor.
+            return_dict: return an :class:`ImagePipelineOutput` (else a 1-tuple).
+            num_images_per_prompt: images per class label (consecutive in the output).
+            latents: x_T (B * num_images_per_prompt, C, h, w) to start from instead of drawing it.
+            callback_on_step_end: ``callback(pipe, step, timestep, callback_kwargs) -> dict`` called after
+                every network step with the tensors named in ``callback_on_step_end_tensor_inputs``; a returned
+                "latents" replaces the current one.
+            callback_on_step_end_tensor_inputs: names from ``pipe._callback_tensor_inputs``.
+
+        Returns:
+            :class:`ImagePipelineOutput` with ``images``, or ``(images,)``.
         """
-        if output_mode not in ("mean", "sample"):
-            raise ValueError(f"output_mode must be 'mean' (GM-ODE) or 'sample' (GM-SDE), got {output_mode!r}")
+        _check_scheduler(self.scheduler)
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES} ('mean': GM-ODE with FlowEulerODEScheduler, "
+                             f"'sample': GM-SDE with GMFlowSDEScheduler), got {output_mode!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        check_positive_int("num_inference_steps", num_inference_steps)
+        check_positive_int("num_inference_substeps", num_inference_substeps)
+        check_positive_int("num_images_per_prompt", num_images_per_prompt)
+        if order not in (1, 2) or isinstance(order, bool):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        coefs = _check_coefs(gm2_coefs)
+        if isinstance(gm2_correction_steps, bool) or not isinstance(gm2_correction_steps, int) \
+                or gm2_correction_steps < 0:
+            raise ValueError(f"gm2_correction_steps must be an integer >= 0, got {gm2_correction_steps!r}")
+        guidance = active_guidance(ProbabilisticGuidance(guidance_scale, orthogonal_guidance))
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                             f"got {unknown}")
+
         device = self._execution_device
-        labels = self._class_tensor(class_labels, device)
-        config = self.transformer.config
-        shape = (len(labels), config.in_channels, config.sample_size, config.sample_size)
-        noise = randn(shape, generator, torch.empty((), dtype=torch.float32, device=device))
+        labels = self._class_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
+        batch = labels.shape[0]
+        generator = check_generators(generator, batch)
+        x = self._initial_latents(latents, batch, generator, device)
+
+        steps, substeps = num_inference_steps, num_inference_substeps
+        self.scheduler.set_timesteps(steps * substeps, device=device)
+        timesteps = self.scheduler.timesteps
+        sigmas = self.scheduler.sigmas.tolist()
+        if len(timesteps) != steps * substeps:
+            raise ValueError(f"the scheduler set {len(timesteps)} timesteps for {steps * substeps} steps")
+        denoiser = GMFlowModel(self.transformer)
         null = torch.full_like(labels, self.transformer.null_label)
-        spectrum = self.spectrum_net if (output_mode == "sample" and use_spectrum) else None
-        sample = gmflow_sample(
-            GMFlowModel(self.transformer), noise, num_inference_steps,
-            method="ode" if output_mode == "mean" else "sde",
-            order=order,
-            substeps=num_inference_substeps if output_mode == "mean" else 1,
-            shift=self.scheduler.config.shift,
-            condition=labels,
-            uncond_condition=null,
-            guidance=ProbabilisticGuidance(guidance_scale, orthogonal_guidance),
-            second_order_coefs=tuple(gm2_coefs),
-            spectrum=(lambda g: spectrum(g.to(spectrum.dtype))) if spectrum is not None else None,
-            generator=generator,
-            progress=progress,
-        ).sample
-        images = self._decode(sample, output_type)
+        condition = concat_conditions(labels, null) if guidance is not None else labels
+        spectrum = self.spectrum_net if output_mode == "sample" else None
+        previous: SecondOrderState | None = None
+        self._num_timesteps = steps
+        self._interrupt = False
+
+        with self.progress_bar(total=steps) as progress_bar:
+            for i in range(steps):
+                if self.interrupt:
+                    break
+                first = i * substeps
+                prediction, previous = predict_step(
+                    denoiser, x, sigmas[first], sigmas[first + substeps], condition=condition, guidance=guidance,
+                    order=order, previous=previous, second_order_coefs=coefs,
+                    second_order_refinement=gm2_correction_steps, step=i)
+                for j in range(substeps):
+                    sigma = sigmas[first + j]
+                    if output_mode == "mean":
+                        x0 = prediction.mean_at(x, sigma)
+                    else:
+                        x0 = prediction.sample_at(x, sigma, generator, spectrum)
+                    x = self.scheduler.step(x0, timesteps[first + j], x, generator=generator, return_dict=False,
+                                            prediction_type="x0")[0]
+                if callback_on_step_end is not None:
+                    tensors = {"latents": x}
+                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, timesteps[first], callback_kwargs) or {}
+                    x = outputs.pop("latents", x)
+                progress_bar.update()
+
+        images = self._decode(x, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
-    def _decode(self, sample: Tensor, output_type: str) -> Any:
+    def _initial_latents(self, latents: Tensor | None, batch: int, generator: Any, device: torch.device) -> Tensor:
+        config = self.transformer.config
+        if latents is None:
+            shape = (batch, config.in_channels, config.sample_size, config.sample_size)
+            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if not isinstance(latents, Tensor) or latents.dim() != 4 or latents.shape[:2] != (batch, config.in_channels):
+            raise ValueError(f"latents must be a ({batch}, {config.in_channels}, H, W) tensor (one x_T per image), "
+                             f"got {tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__}")
+        return latents.to(device=device, dtype=torch.float32)
+
+    def _decode(self, latents: Tensor, output_type: str) -> Any:
         if output_type == "latent":
-            return sample
+            return latents
         if self.vae is not None:
-            sample = self.vae.decode((sample / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        images = (sample.float() / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return images.cpu()
-        array = images.cpu().permute(0, 2, 3, 1).numpy()
-        return array if output_type == "np" else self.numpy_to_pil(array)
+            z = latents / self.vae.config.scaling_factor
+            if getattr(self.vae.config, "shift_factor", None) is not None:
+                z = z + self.vae.config.shift_factor
+            images = self.vae.decode(z.to(self.vae.dtype)).sample
+        else:
+            images = latents
+        return self.image_processor.postprocess(images, output_type=output_type)
 
 
-def _load_model(cls, folder: Path, kwargs: dict):
-    try:
-        return cls.from_pretrained(folder, **{k: v for k, v in kwargs.items() if v is not None})
-    except (OSError, EnvironmentError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{folder}: could not load {cls.__name__}: {err}") from err
+def _check_scheduler(scheduler: object) -> None:
+    """The pipeline drives the two GMFlow schedulers (their ``step`` takes an x0); any other is refused."""
+    if isinstance(scheduler, (GMFlowSDEScheduler, FlowEulerODEScheduler)):
+        return
+    raise ValueError(f"GMDiTPipeline cannot drive a {type(scheduler).__name__}: use FlowEulerODEScheduler (GM-ODE "
+                     "with output_mode='mean') or GMFlowSDEScheduler (GM-SDE with output_mode='sample'), e.g. "
+                     "pipe.scheduler = FlowEulerODEScheduler.from_config(pipe.scheduler.config)")
+
+
+def _check_coefs(gm2_coefs: Sequence[float]) -> tuple[float, float]:
+    values = list(gm2_coefs) if isinstance(gm2_coefs, (Sequence, np.ndarray)) else []
+    if len(values) != 2 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in values):
+        raise ValueError(f"gm2_coefs must be two finite numbers (ca, cb), got {gm2_coefs!r}")
+    return float(values[0]), float(values[1])
+
+
+def _is_integer_dtype(dtype: Any) -> bool:
+    if isinstance(dtype, torch.dtype):
+        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+    return np.issubdtype(dtype, np.integer)

@@ -140,6 +140,7 @@ def predict_step(
     order: int = 1,
     previous: SecondOrderState | None = None,
     second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
+    second_order_refinement: int = 0,
     step: int = 0,
     check_outputs: bool = True,
 ) -> tuple[StepPrediction, SecondOrderState | None]:
@@ -151,6 +152,8 @@ def predict_step(
             ``condition`` must already be the doubled [cond; uncond] input.
         sigma_next: the noise level of the next network evaluation (0 after the last one).
         previous: the 2nd-order state of the previous step (order 2).
+        second_order_refinement: extra bias adjustments of the 2nd-order correction (the official
+            ``gm2_correction_steps``; default 0).
 
     Returns:
         (:class:`StepPrediction`, the 2nd-order state for the next step or None for order 1).
@@ -163,7 +166,7 @@ def predict_step(
     if order == 2:
         h = sigma - sigma_next  # the last step has sigma_next = 0, so h = sigma
         corrected = second_order_correction(guided or GuidedGM.unguided(x0_gm), x, sigma, h, previous,
-                                            second_order_coefs)
+                                            second_order_coefs, second_order_refinement)
         gaussian = corrected.gaussian if corrected.gaussian is not None else (guided.target if guided else None)
         return StepPrediction(corrected.gm, x, sigma, gaussian), corrected.state
     if guided is not None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..guidance.base import GuidedGM, reweight_towards
 from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import convert_denoising_gm_mean
-from ..math.gm_ops import variance_floor
+from ..math.gm_ops import gm_mean, variance_floor
 from ..math.validation import as_level
 
 #: Official damping coefficients (ca, cb) of the 2nd-order mean difference.
@@ -61,6 +61,7 @@ def second_order_correction(
     h: float | Tensor,
     previous: SecondOrderState | None,
     coefs: tuple[float, float] = DEFAULT_COEFS,
+    refinement_steps: int = 0,
 ) -> SecondOrderOutput:
     """Apply the 2nd-order GM correction of one step.
 
@@ -73,6 +74,10 @@ def second_order_correction(
         previous: the state returned by the previous step, or None at the first step (then only stores).
         coefs: (ca, cb) of the damping sqrt(clamp(1 - avg_var (w^2 cb^2 + ca) / h_prev^2, min 0)), with
             w = ``guided.damping_scale``.
+        refinement_steps: the official ``gm2_correction_steps`` (default 0): after the reweighting, adjust
+            the bias this many times so that the corrected GM's mean moves by the damped 2nd-order
+            difference plus the guidance's own mean shift (one reweighting only approximates it). The
+            returned ``gaussian`` stays the first target, as in the official code.
 
     Returns:
         :class:`SecondOrderOutput`.
@@ -88,10 +93,21 @@ def second_order_correction(
     k = 0.5 * as_level("h", h, x_t) / h_prev
     noise_power = avg_var * ((guided.damping_scale * cb) ** 2 + ca)
     damping = (1 - noise_power / h_prev**2).clamp(min=0).sqrt()
-    bias = (guided.mean - mean_from_previous) * (damping * k)
-    if guided.bias is not None:
-        bias = bias + guided.bias
+    mean_diff = (guided.mean - mean_from_previous) * (damping * k)
+    bias = mean_diff + guided.bias if guided.bias is not None else mean_diff
+    bias, target = _bounded_target(surrogate, bias, avg_var)
+    gm = reweight_towards(guided.base, surrogate, target)
+    wanted = mean_diff + guided.mean - surrogate.mean  # the mean shift the correction is after
+    for _ in range(refinement_steps):
+        moved = gm_mean(gm) - surrogate.mean
+        ratio = (bias.norm(dim=-3, keepdim=True) / moved.norm(dim=-3, keepdim=True).clamp(min=1e-6)).clamp(max=1)
+        bias, adjusted = _bounded_target(surrogate, bias - (moved - wanted) * ratio, avg_var)
+        gm = reweight_towards(guided.base, surrogate, adjusted)
+    return SecondOrderOutput(gm, target, state)
 
+
+def _bounded_target(surrogate: IsoGaussian, bias: Tensor, avg_var: Tensor) -> tuple[Tensor, IsoGaussian]:
+    """``bias`` rescaled to a power of at most avg_var, and the target N(mu_c + bias, v_c (1 - power / avg_var))."""
     bias_power = bias.square().mean(dim=(-3, -2, -1), keepdim=True)
     # scale-free floors: the official absolute 1e-6 breaks data with a tiny spread
     bias = bias * (avg_var / variance_floor(bias_power)).clamp(max=1).sqrt()
@@ -99,4 +115,4 @@ def second_order_correction(
         surrogate.mean + bias,
         surrogate.var * (1 - bias_power / variance_floor(avg_var)).clamp(min=_POWER_EPS),
     )
-    return SecondOrderOutput(reweight_towards(guided.base, surrogate, target), target, state)
+    return bias, target

@@ -57,6 +57,7 @@ class TrainResult:
     checkpoint: Path | None
     losses: dict[int, float] = field(default_factory=dict)
     stopped_early: bool = False
+    rank: int = 0
 
     def __repr__(self) -> str:
         return (f"TrainResult(model={type(self.model).__name__}, step={self.step}, checkpoint={self.checkpoint}, "
@@ -271,7 +272,7 @@ def _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, met
         timing = _CsvLog(out / "timing.csv", start)  # wall-clock, apart
         writer = _tensorboard(out, config.tensorboard)
     meta = {**metadata, "train_config": asdict(config), "settings": settings}
-    result = TrainResult(model, ema.model if ema else None, start, last_good)
+    result = TrainResult(model, ema.model if ema else None, start, last_good, rank=dist.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     module: nn.Module = LossModule(model, loss, spectrum_net)
     if dist.active:
@@ -301,8 +302,13 @@ def _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, met
         return total, logs
 
     def finite_everywhere(total: Tensor, stop: bool) -> tuple[float, bool]:
-        stats = dist.all_sum(torch.stack([total, torch.tensor(float(stop), dtype=torch.float64,
-                                                                    device=total.device)]))
+        """The loss averaged over the processes, and whether any of them was asked to stop."""
+        stats = torch.stack([total, torch.tensor(float(stop), dtype=torch.float64, device=total.device)])
+        try:
+            stats = dist.all_sum(stats)
+        except RuntimeError as err:  # a peer died: say so in one line instead of a collective's traceback
+            raise RuntimeError(f"process {dist.rank} lost the other processes of the run (one of them stopped or "
+                               f"died; see its output): {str(err).splitlines()[0]}") from err
         return float(stats[0]) / dist.world_size, bool(stats[1] > 0)
 
     def checkpoint(step: int) -> None:
