@@ -319,6 +319,139 @@ def _sample_images(args) -> None:
     print(f"grid: {out}")
 
 
+# ----- latents and evaluation ------------------------------------------------------------------------------
+def _dataset_options(pairs: list[str] | None) -> dict:
+    """--option key=value pairs (values parsed as TOML scalars: numbers, true/false, quoted or bare text)."""
+    from ..experiments.recipe import tomllib
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option must be key=value, got {pair!r}")
+        try:
+            options[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = value
+    return options
+
+
+def _add_dataset_source(p) -> None:
+    p.add_argument("--dataset", required=True, help="registered dataset (mnist, image_folder, ...)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="dataset option, e.g. root=/data/imagenet/train or image_size=256 (repeatable)")
+
+
+def _add_train_vae(sub) -> None:
+    p = sub.add_parser("train-vae", help="train a small AutoencoderKL on an image dataset (latent experiments)",
+                       description="Train a small diffusers AutoencoderKL (MSE + KL) on a dataset's training images "
+                                   "and save it in the diffusers layout (OUT/vae) with scaling_factor = 1 / the std of "
+                                   "its latents. The latent MNIST experiment uses it.")
+    _add_dataset_source(p)
+    p.add_argument("--out", required=True, help="output folder (checkpoint.safetensors, log.csv, vae/)")
+    p.add_argument("--latent-channels", type=POSITIVE, default=4, help="latent channels")
+    p.add_argument("--downsample", type=POSITIVE, default=4, help="spatial downsampling factor (a power of 2)")
+    p.add_argument("--width", type=POSITIVE, default=32, help="channels of the first block")
+    p.add_argument("--kl-weight", type=float_in(0.0, 1e3), default=1e-3, help="weight of the KL term")
+    p.add_argument("--iterations", type=POSITIVE, default=3000, help="training iterations")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="batch size")
+    p.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3, help="learning rate")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed")
+    add_device(p)
+
+
+def _train_vae(args) -> None:
+    from ..data import make_dataset
+    from ..experiments.vae import train_vae
+    from ..training import TrainConfig, teardown_distributed
+
+    dataset = make_dataset(args.dataset, **_dataset_options(args.option))
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, optimizer="adam",
+                         warmup_iters=100, ema="karras", ema_gamma=30.0, seed=args.seed,
+                         checkpoint_every=max(1, args.iterations // 5), log_every=max(1, args.iterations // 30),
+                         device=args.device or "auto")
+    try:
+        folder = train_vae(dataset, _run_folder(args.out), config, latent_channels=args.latent_channels,
+                           downsample=args.downsample, width=args.width, kl_weight=args.kl_weight)
+    finally:
+        teardown_distributed()
+    print(f"VAE: {folder}")
+
+
+def _add_cache_latents(sub) -> None:
+    p = sub.add_parser("cache-latents", help="encode an image dataset into a latent cache with a diffusers VAE",
+                       description="Encode every image of a dataset with a diffusers AutoencoderKL loaded from a "
+                                   "local folder (e.g. a download of stabilityai/sd-vae-ft-ema), ADM centre crop and "
+                                   "random horizontal flip as the official pipeline; under torchrun each process "
+                                   "encodes its share. Train on the result with [data] name = 'latents', "
+                                   "path = OUT.")
+    _add_dataset_source(p)
+    p.add_argument("--vae", required=True, help="local diffusers AutoencoderKL folder")
+    p.add_argument("--out", required=True, help="cache folder (latents.npy, labels.npy, latents.json)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="images per encoder call and process")
+    p.add_argument("--flip", default="random", choices=["random", "none", "both"], help="horizontal flips")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of flips and posterior draws")
+    add_device(p)
+
+
+def _cache_latents(args) -> None:
+    from ..data import make_dataset
+    from ..experiments.latents import cache_latents
+    from ..training import teardown_distributed
+
+    dataset = make_dataset(args.dataset, **_dataset_options(args.option))
+    try:
+        index = cache_latents(dataset, args.vae, _run_folder(args.out), batch_size=args.batch_size, flip=args.flip,
+                              seed=args.seed, dtype=args.dtype, device=args.device or "auto")
+    finally:
+        teardown_distributed()
+    if index:
+        print(f"cached {index['count']} latents of shape {tuple(index['latent_shape'])} in {args.out}")
+
+
+def _add_eval_images(sub) -> None:
+    p = sub.add_parser("eval-images", help="FID / IS / precision / recall of a trained image run",
+                       description="Generate N class-balanced samples (sample i: class i mod classes, its own seed; "
+                                   "the set does not depend on the number of processes), decode latent runs with their "
+                                   "VAE, and compute FID / IS / precision / recall / saturation against a reference "
+                                   "(an ADM reference batch .npz, or a split of the run's dataset). Under torchrun the "
+                                   "samples are sharded over the processes.")
+    _add_run_and_solver(p, "gmode2 for GMFlow, dpmpp2m for FM")
+    p.add_argument("--num-samples", type=POSITIVE, default=50_000, help="samples")
+    p.add_argument("--substeps", type=POSITIVE, default=None, help="GM-ODE substeps")
+    p.add_argument("--batch-size", type=POSITIVE, default=125, help="samples per network call and process")
+    p.add_argument("--reference", default=None, help="ADM reference batch .npz (default: --reference-split)")
+    p.add_argument("--reference-split", default="test", help="dataset split used as the reference")
+    p.add_argument("--features", default="inception", choices=["inception", "classifier", "pixels"],
+                   help="inception: the FID network (needs --inception-weights); classifier: a small CNN trained "
+                        "on the run's dataset (small labelled datasets such as MNIST); pixels: 8 x 8 pooled pixels "
+                        "(smoke tests)")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05-6726825d.pth")
+    add_sampling_options(p)
+    p.add_argument("--out", default=None, help="results JSON (default: <run folder>/eval_<solver>_<nfe>.json)")
+    p.add_argument("--save-samples", action="store_true", help="also save the samples (.npz, uint8)")
+    add_device(p)
+
+
+def _eval_images(args) -> None:
+    from ..experiments.evaluation import evaluate_run
+    from ..training import teardown_distributed
+
+    try:
+        result = evaluate_run(args.checkpoint, args.num_samples, solver=args.solver, nfe=args.nfe,
+                              guidance_options=(args.guidance_scale, args.orthogonal_guidance, args.cfg_scale),
+                              substeps=args.substeps, seed=args.seed, batch_size=args.batch_size,
+                              reference=args.reference, reference_split=args.reference_split, features=args.features,
+                              inception_weights=args.inception_weights, out=args.out, save_samples=args.save_samples,
+                              use_ema=not args.no_ema, device=args.device or "auto")
+    finally:
+        teardown_distributed()
+    if result is not None:
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items()))
+        print(f"results: {result['path']}")
+
+
 COMMANDS = {
     "demo": (_add_demo, _demo),
     "train-2d": (_add_train_2d, _train_2d),
@@ -326,6 +459,9 @@ COMMANDS = {
     "bench-2d": (_add_bench_2d, _bench_2d),
     "train-images": (_add_train_images, _train_images),
     "sample-images": (_add_sample_images, _sample_images),
+    "train-vae": (_add_train_vae, _train_vae),
+    "cache-latents": (_add_cache_latents, _cache_latents),
+    "eval-images": (_add_eval_images, _eval_images),
 }
 
 

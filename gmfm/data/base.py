@@ -15,6 +15,16 @@ from torch import Tensor
 
 
 @runtime_checkable
+class ImageSource(Protocol):
+    """Indexed images with classes (what ``gmfm cache-latents`` encodes): ``item(i)`` = (image (C, H, W)
+    float32 in [-1, 1], class id)."""
+
+    def __len__(self) -> int: ...
+
+    def item(self, index: int) -> tuple[Tensor, int]: ...
+
+
+@runtime_checkable
 class TrainingData(Protocol):
     def batch(self, batch_size: int, generator: torch.Generator, rows: slice) -> dict[str, Tensor]:
         """Rows ``rows`` of a global batch of ``batch_size`` samples: ``x0`` (b, C, H, W) float32 and, for
@@ -40,6 +50,10 @@ class ImageSet(TrainingData):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def item(self, index: int) -> tuple[Tensor, int]:
+        """One sample (C, H, W) and its class (-1 without labels): the image-source contract."""
+        return self.images[index].float(), int(self.labels[index]) if self.labels is not None else -1
+
     def batch(self, batch_size: int, generator: torch.Generator, rows: slice) -> dict[str, Tensor]:
         index = torch.randint(0, len(self), (batch_size,), generator=generator)[rows]
         out = {"x0": self.images[index].float()}
@@ -59,8 +73,8 @@ class Dataset:
         train: what training draws from.
         splits: named finite sets for evaluation (e.g. "test"), :class:`ImageSet`.
         class_names: one word per class (labels of a pipeline), or empty.
-        extra: dataset-specific objects (e.g. the toy distribution for its exact metrics; the VAE
-            folder and scaling factor of cached latents).
+        extra: dataset-specific objects: "toy" (the distribution, for exact metrics), "source" (an
+            :class:`ImageSource` to cache latents from), "vae" / "scaling_factor" (cached latents).
     """
 
     name: str

@@ -64,4 +64,4 @@ def mnist_dataset(train_per_class: int = 400) -> Dataset:
     splits = load_mnist_splits(train_per_class)
     train = ImageSet(splits.train_images, splits.train_labels)
     return Dataset("mnist", (1, 32, 32), 10, train, {"train": train,
-                   "test": ImageSet(splits.test_images, splits.test_labels)}, MNIST_WORDS)
+                   "test": ImageSet(splits.test_images, splits.test_labels)}, MNIST_WORDS, {"source": train})

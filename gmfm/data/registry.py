@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Dataset
+from .image_folder import image_folder_dataset
+from .latents import latent_dataset
 from .mnist import mnist_dataset
 from .toy2d import TOY_DATASET_NAMES, toy_dataset
 
@@ -52,3 +54,5 @@ def make_dataset(name: str, **options: Any) -> Dataset:
 for _toy in TOY_DATASET_NAMES:
     register_dataset(_toy, functools.partial(toy_dataset, _toy))
 register_dataset("mnist", mnist_dataset)
+register_dataset("image_folder", image_folder_dataset)
+register_dataset("latents", latent_dataset)

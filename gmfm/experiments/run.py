@@ -43,8 +43,9 @@ class TrainedModel:
 
 
 def _dataset_metadata(dataset: Dataset) -> dict[str, Any]:
+    extra = {k: v for k, v in dataset.extra.items() if isinstance(v, (str, int, float, bool))}  # e.g. the VAE
     return {"name": dataset.name, "event_shape": list(dataset.event_shape), "num_classes": dataset.num_classes,
-            "class_names": list(dataset.class_names)}
+            "class_names": list(dataset.class_names), "extra": extra}
 
 
 def train_recipe(recipe: Recipe, out_dir: str | Path | None, *, dataset: Dataset | None = None, resume: bool = True,

@@ -36,6 +36,14 @@ class Distributed:
         if self.active:
             dist.barrier()
 
+    def all_gather_object(self, obj: object) -> list:
+        """Every process's ``obj``, in rank order."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's ``obj`` on every process."""
         if not self.active:

@@ -156,3 +156,18 @@ def test_training_reduces_the_loss():
     early = sum(result.losses[s] for s in range(10)) / 10
     late = sum(result.losses[s] for s in range(140, 150)) / 10
     assert late < early - 0.2
+
+
+def test_weight_decay_spares_biases_and_norms_and_8bit_adamw_needs_bitsandbytes():
+    from gmfm.training import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    optimizer = make_optimizer(model, TrainConfig(iterations=1, batch_size=1, weight_decay=0.05))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and {p.dim() for p in decay["params"]} == {2}
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 4  # 2 biases, LayerNorm weight and bias
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"optimizer 'adamw8bit' needs bitsandbytes: pip install 'gmfm\[bnb\]'"):
+            make_optimizer(model, TrainConfig(iterations=1, batch_size=1, optimizer="adamw8bit"))
