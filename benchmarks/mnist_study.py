@@ -10,7 +10,7 @@ One budget for every variant and the baseline: the recipe's 3,800 iterations x b
 (as it was before the study: transition ratio 0.5, K = 8, one transition draw, gradient clip from
 iteration 0, patch 4) or combines the best ones. Each is measured the same way: the mean-velocity error on
 500 held-out digits at sigma 0.01-0.97, and FD / precision / recall / class accuracy of 100 samples per
-class (1,000) against the 1,000 held-out digits at NFE 4, 8, 16, 32, in the features of one small CNN
+class (500) against the 1,000 held-out digits at NFE 4, 8, 16, 32, in the features of one small CNN
 (trained once, cached). GMFlow variants are sampled with GM-ODE 2, GM-SDE 2 and Euler on the GM mean, the
 baseline with DPM++ 2M and Euler. Interrupted runs resume; finished evaluations are not repeated.
 """
@@ -53,7 +53,7 @@ NFES = (4, 8, 16, 32)
 SIGMAS = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.97)
 GM_SOLVERS = ("gmode2", "gmsde2", "euler")
 FM_SOLVERS = ("dpmpp2m", "euler")
-PER_CLASS = 100
+PER_CLASS = 50
 
 
 def combo(spec: str) -> tuple[str, dict, str]:
@@ -155,7 +155,7 @@ def cmd_report(args) -> None:
         better = [n for n in names if n != "fm" and rows[n]["best FD @8"] < fm8]
         summary.append(f"FM baseline best FD at NFE 8: {fm8:.2f}. GMFlow variants below it: "
                        f"{', '.join(better) if better else 'none'}.")
-    md = ("Budget: 3,800 iterations x batch 64 per model, seed 0, 2 CPU cores. Metrics: 1,000 samples (100 per "
+    md = ("Budget: 3,800 iterations x batch 64 per model, seed 0, 2 CPU cores. Metrics: 500 samples (50 per "
           "class) against the 1,000 held-out digits in the features of one small CNN; best solver per NFE "
           f"(GMFlow: {', '.join(GM_SOLVERS)}; FM: {', '.join(FM_SOLVERS)}); v-err = mean squared error of the mean "
           "velocity on 500 held-out digits at that sigma (true labels).\n\n"

@@ -121,7 +121,18 @@ class _FolderTrainingData:
 
 
 def image_folder_dataset(root: str, image_size: int = 256, class_index: str | None = None) -> Dataset:
-    """The registry entry ``image_folder``."""
+    """The registry entry ``image_folder``.
+
+    Args:
+        root: the folder holding one sub-folder of images per class.
+        image_size: S, the side of the ADM centre crop.
+        class_index: a class-index file (``LOC_synset_mapping.txt`` lines or a JSON {folder: id}); None:
+            the sorted folder names.
+
+    Returns:
+        A :class:`~gmfm.data.base.Dataset` of (3, S, S) images in [-1, 1]; ``extra["source"]`` is the
+        :class:`ImageFolder` (what ``gmfm cache-latents`` encodes).
+    """
     folder = ImageFolder(root, image_size, class_index)
     return Dataset("image_folder", (3, image_size, image_size), folder.num_classes, _FolderTrainingData(folder),
                    {}, tuple(folder.class_names), {"source": folder})

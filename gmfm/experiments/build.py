@@ -42,9 +42,21 @@ def _gmdit_config(recipe: Recipe, event_shape: tuple[int, int, int], num_classes
 
 
 def build_model(recipe: Recipe, event_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The recipe's untrained model for samples of ``event_shape`` (C, H, W) and ``num_classes`` classes
-    (0: unconditional). The initialisation is seeded with ``[train] seed``: the same recipe gives the
-    same weights in every process."""
+    """The recipe's untrained model.
+
+    Args:
+        recipe: the recipe (its ``[model]`` table and ``[train] seed``).
+        event_shape: (C, H, W) of one sample; GM-DiT takes its channels and size from it.
+        num_classes: classes of the data (0: unconditional); the null label is ``num_classes``.
+
+    Returns:
+        A :class:`gmfm.models.GMFlowMLP2D` or a :class:`gmfm.models.GMFlowModel` (GM-DiT + optional
+        SpectrumMLP), initialised from ``[train] seed``: the same recipe gives the same weights in every
+        process.
+
+    Raises:
+        RecipeError: a model key is invalid or disagrees with the data.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
         try:

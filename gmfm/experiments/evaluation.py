@@ -43,8 +43,19 @@ def decoder_of(trained: TrainedModel):
 def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, *, solver: str | None = None,
                    nfe: int | None = None, guidance: Guidance | None = None, substeps: int | None = None,
                    seed: int = 0, batch_size: int = 125, progress: bool = False) -> tuple[range, Tensor]:
-    """This process's share of the seeded sample set: (sample indices, images (n, C, H, W) in [-1, 1],
-    decoded for latent runs)."""
+    """This process's share of the seeded sample set.
+
+    Args:
+        trained: a class-conditional run.
+        num_samples: N, the size of the whole set (split into contiguous shares over the processes).
+        dist: this process's place in the run.
+        solver, nfe, guidance, substeps: as :func:`gmfm.experiments.sample_trained`.
+        seed: sample i is drawn with generators seeded by (seed, i).
+
+    Returns:
+        (the sample indices of this share, images (n, C, H, W) in about [-1, 1], decoded with the VAE of
+        the latent cache for latent runs).
+    """
     if not trained.num_classes:
         raise ValueError("eval-images evaluates class-conditional runs")
     share = math.ceil(num_samples / dist.world_size)
@@ -156,8 +167,15 @@ class FeatureMetrics:
 
 def add_reference(metrics: FeatureMetrics, reference: str | Path | Tensor, dist: Distributed,
                   batch_size: int = 250) -> None:
-    """Real images: a tensor (N, C, H, W) in [-1, 1], or an ADM reference batch ``.npz`` (``arr_0``: uint8
-    (N, H, W, 3) images; or only ``mu`` / ``sigma``), split over the processes."""
+    """Add the real images to ``metrics``, split over the processes.
+
+    Args:
+        metrics: the :class:`FeatureMetrics` to update.
+        reference: a tensor (N, C, H, W) in [-1, 1], or an ADM reference batch ``.npz`` (``arr_0``: uint8
+            (N, H, W, 3) images; or only ``mu`` / ``sigma``: FID without precision / recall).
+        dist: this process's place in the run.
+        batch_size: images per feature-network call.
+    """
     if isinstance(reference, Tensor):
         images = reference
     else:

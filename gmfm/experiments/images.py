@@ -41,9 +41,18 @@ class ClassifierEvaluator:
 @torch.no_grad()
 def velocity_error_by_sigma(trained: TrainedModel, x0: Tensor, labels: Tensor, sigmas: tuple[float, ...],
                             seed: int = 0, batch_size: int = 250) -> dict[float, dict[str, float]]:
-    """Mean squared error per element between the model's mean velocity (the GM mean) and u = noise - x0 at
-    x_t = (1 - sigma) x0 + sigma noise, for the true labels ("cond") and the null label ("uncond"), at each
-    noise level; one fixed noise draw per level."""
+    """The model's mean-velocity error by noise level.
+
+    Args:
+        trained: the run (GMFlow: its GM mean is the velocity; FM: its prediction).
+        x0: (N, C, H, W) held-out data; labels: (N,) their classes.
+        sigmas: the noise levels.
+        seed: seeds the one noise draw per level.
+
+    Returns:
+        {sigma: {"cond": MSE with the true labels, "uncond": MSE with the null label}}, the mean squared
+        error per element between the mean velocity and u = noise - x0 at x_t = (1 - sigma) x0 + sigma noise.
+    """
     model = trained.model
     device = next(model.parameters()).device
     null = getattr(model, "null_label", trained.num_classes)

@@ -29,7 +29,15 @@ FLIPS = ("random", "none", "both")
 
 
 def load_vae(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A diffusers AutoencoderKL from a local folder, in eval mode; a clear error when it is not one."""
+    """A diffusers AutoencoderKL from a local folder (frozen, eval mode).
+
+    Args:
+        folder: holds ``config.json`` and the weights (the ``stabilityai/sd-vae-ft-ema`` layout).
+        device, dtype: where and in which precision the VAE runs.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json``. ValueError: it does not load.
+    """
     from diffusers import AutoencoderKL
 
     folder = Path(folder)
@@ -144,7 +152,15 @@ def _join_shards(out: Path, dist: Distributed, total: int, dataset: Dataset, vae
 @torch.no_grad()
 def decode_latents(latents: torch.Tensor, vae_folder: str | Path, scaling_factor: float, batch_size: int = 64,
                    device: str | torch.device = "cpu") -> torch.Tensor:
-    """Latents (N, C, h, w) (scaled as cached) -> images (N, C', H, W) in about [-1, 1], float32 on the CPU."""
+    """Decode cached latents.
+
+    Args:
+        latents: (N, C, h, w), multiplied by the scaling factor as cached.
+        vae_folder: the VAE that encoded them; scaling_factor: its scaling factor.
+
+    Returns:
+        Images (N, C', H, W) in about [-1, 1], float32 on the CPU.
+    """
     vae = load_vae(vae_folder, device)
     out = [vae.decode(chunk.to(device) / scaling_factor).sample.float().cpu() for chunk in latents.split(batch_size)]
     return torch.cat(out)

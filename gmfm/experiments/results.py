@@ -60,7 +60,18 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
 
 def write_results(name: str, payload: dict[str, Any], markdown: str, out_dir: str | Path,
                   command: str | None = None) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` in ``out_dir`` (markdown headed by command, machine, date)."""
+    """Write a result pair, each headed by the command, the machine and the date.
+
+    Args:
+        name: file stem (``<name>.json``, ``<name>.md``).
+        payload: JSON-able results (a "device" key selects the machine description).
+        markdown: the table(s) people read.
+        out_dir: the results folder.
+        command: the command to record (default: this process's command line).
+
+    Returns:
+        (json path, markdown path).
+    """
     out_dir = Path(out_dir)
     meta = {
         "command": command or command_line(),
@@ -82,7 +93,15 @@ def write_results(name: str, payload: dict[str, Any], markdown: str, out_dir: st
 
 def markdown_table(rows: dict[str, dict[str, float]], keys: list[str], columns: list[str], first: str = "config",
                    digits: int = 4) -> str:
-    """A markdown table: one row per key of ``rows``, one column per metric."""
+    """A markdown table.
+
+    Args:
+        rows: {row name: {column: value}}; keys: the rows to show, in order; columns: the columns.
+        first: the header of the first column; digits: decimals of floats.
+
+    Returns:
+        The table as markdown text.
+    """
     out = [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for key in keys:
         cells = []

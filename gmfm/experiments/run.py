@@ -66,8 +66,19 @@ def train_recipe(recipe: Recipe, out_dir: str | Path | None, *, dataset: Dataset
 
 
 def load_run(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild a trained model from its checkpoint file or run folder (EMA weights when present and
-    ``use_ema``)."""
+    """Rebuild a trained model without its dataset.
+
+    Args:
+        path: a checkpoint file or run folder written by :func:`train_recipe`.
+        use_ema: load the EMA weights when the checkpoint has them.
+        device: where the model goes.
+
+    Returns:
+        :class:`TrainedModel` (model in eval mode, recipe, data shape and classes, checkpoint).
+
+    Raises:
+        FileNotFoundError / ValueError: no checkpoint, a damaged one, or one without experiment metadata.
+    """
     holder: dict[str, Any] = {}
 
     def build(ckpt: Checkpoint) -> nn.Module:

@@ -14,8 +14,20 @@ from .run import TrainedModel
 
 def make_guidance(guidance_scale: float = 0.0, orthogonal_guidance: float = 1.0,
                   cfg_scale: float = 1.0) -> Guidance | None:
-    """The guidance value of the sampling options: probabilistic guidance when ``guidance_scale`` > 0,
-    vanilla CFG when ``cfg_scale`` != 1, None when neither (both at once is an error)."""
+    """The guidance value of the sampling options (one place for the command line, recipes and benchmarks).
+
+    Args:
+        guidance_scale: probabilistic guidance w in [0, 1) (0: off).
+        orthogonal_guidance: its projection weight in [0, 1].
+        cfg_scale: vanilla CFG scale >= 0 (1: off).
+
+    Returns:
+        :class:`~gmfm.guidance.ProbabilisticGuidance`, :class:`~gmfm.guidance.ClassifierFreeGuidance` or
+        None when neither is on.
+
+    Raises:
+        ValueError: both are on, or a value is out of range.
+    """
     pg = ProbabilisticGuidance(guidance_scale, orthogonal_guidance)
     cfg = ClassifierFreeGuidance(cfg_scale)
     if pg.needs_uncond and cfg.needs_uncond:

@@ -29,8 +29,16 @@ SOLVER_LABELS = {"gmsde": "GM-SDE", "gmsde2": "GM-SDE 2", "gmode": "GM-ODE", "gm
 def evaluate_solvers(trained: TrainedModel, dataset: Toy2D, solvers: list[str], nfes: list[int], num_samples: int,
                      *, seed: int = 0, device: str = "cpu", keep_samples: int = 0,
                      progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
-    """Metrics {"<solver>_<nfe>": {tv, precision, swd, sample_seconds}} and, if ``keep_samples``, the
-    first points (N, 2) of each."""
+    """Sample a 2-D run with every solver and NFE and measure against the exact density.
+
+    Args:
+        trained: the 2-D run; dataset: its toy distribution.
+        solvers, nfes: what to run; num_samples: points per run (seeded with ``seed``).
+        keep_samples: how many points of each run to return (0: none).
+
+    Returns:
+        ({"<solver>_<nfe>": {tv, precision, swd, sample_seconds}}, {"<solver>_<nfe>": points (n, 2)}).
+    """
     reference = dataset.sample(num_samples, torch.Generator().manual_seed(seed + 10_000))
     results, kept = {}, {}
     jobs = [(s, n) for s in solvers for n in nfes]
@@ -47,7 +55,7 @@ def evaluate_solvers(trained: TrainedModel, dataset: Toy2D, solvers: list[str], 
 
 
 def metric_table(results: dict, solvers: list[str], nfes: list[int], metric: str, floor: float | None) -> str:
-    """One row per solver, one column per NFE (markdown)."""
+    """A markdown table of one metric: one row per solver, one column per NFE, and the data's noise floor."""
     lines = [f"| {metric} | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---:|" * len(nfes)]
     for s in solvers:
         lines.append(f"| {SOLVER_LABELS[s]} (`{s}`) | " +

@@ -22,7 +22,16 @@ from ..training import TrainConfig, TrainResult, load_checkpoint, train
 
 
 def small_vae_config(in_channels: int, latent_channels: int = 4, downsample: int = 4, width: int = 32) -> dict:
-    """The config of a small AutoencoderKL with ``downsample`` = 2^k (k + 1 blocks of widths width..2 width)."""
+    """The config of a small diffusers AutoencoderKL.
+
+    Args:
+        in_channels: image channels; latent_channels: latent channels.
+        downsample: 2^k, the spatial reduction (k + 1 blocks); width: channels of the first block (later
+            blocks have twice as many).
+
+    Returns:
+        Keyword arguments of ``AutoencoderKL``.
+    """
     check_positive_int("latent_channels", latent_channels)
     if downsample < 1 or downsample & (downsample - 1):
         raise ValueError(f"downsample must be a power of 2, got {downsample}")
@@ -64,7 +73,17 @@ def latent_std(vae, images: Tensor, batch_size: int = 256) -> float:
 
 def train_vae(dataset: Dataset, out_dir: str | Path, config: TrainConfig, *, latent_channels: int = 4,
               downsample: int = 4, width: int = 32, kl_weight: float = 1e-3, progress: bool = True) -> Path:
-    """Train a small AutoencoderKL on ``dataset``'s training images; returns the diffusers folder OUT/vae."""
+    """Train a small AutoencoderKL on ``dataset``'s training images.
+
+    Args:
+        dataset: an image dataset (its ``train`` data and "train" split).
+        out_dir: the run folder (checkpoint, logs; the VAE goes to ``out_dir/vae``).
+        config: the optimisation settings.
+        latent_channels, downsample, width: see :func:`small_vae_config`; kl_weight: see :class:`VAELoss`.
+
+    Returns:
+        The diffusers folder ``out_dir/vae``, with ``scaling_factor`` = 1 / the std of the training latents.
+    """
     from diffusers import AutoencoderKL
 
     out = Path(out_dir)

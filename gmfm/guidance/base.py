@@ -25,20 +25,47 @@ from ..math.gm_ops import gm_mean, gm_mul_iso_gaussian, gm_to_iso_gaussian, iso_
 
 
 def mean_over_event(t: Tensor) -> Tensor:
-    """Mean over (C, H, W), kept: (..., 1, 1, 1)."""
+    """Mean over (C, H, W), kept.
+
+    Args:
+        t: tensor (..., C, H, W).
+
+    Returns:
+        The mean, (..., 1, 1, 1).
+    """
     return t.mean(dim=(-3, -2, -1), keepdim=True)
 
 
 def pixel_averaged_gaussian(gm: GaussianMixture) -> IsoGaussian:
-    """Moment-matched isotropic Gaussian with its variance averaged over pixels: mean (..., C, H, W),
-    var (..., 1, 1, 1)."""
+    """Moment-matched isotropic Gaussian (:func:`gmfm.math.gm_to_iso_gaussian`) with its variance averaged over pixels.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+
+    Returns:
+        IsoGaussian with mean (..., C, H, W) and var (..., 1, 1, 1).
+    """
     g = gm_to_iso_gaussian(gm)
     return IsoGaussian(g.mean, g.var.mean(dim=(-2, -1), keepdim=True))
 
 
 def reweight_towards(base: GaussianMixture, surrogate: IsoGaussian, target: IsoGaussian) -> GaussianMixture:
-    """Multiply ``base`` by target / surrogate (renormalised): moves its moment-matched Gaussian
-    ``surrogate`` to ``target``. Every shape as in :func:`gmfm.math.gm_mul_iso_gaussian`."""
+    """Multiply ``base`` by target / surrogate (renormalised): moves its moment-matched Gaussian to ``target``.
+
+    Every shape as in :func:`gmfm.math.gm_mul_iso_gaussian`.
+
+    Args:
+        base: the mixture (..., K, C, H, W).
+        surrogate: the moment-matched Gaussian of ``base``: mean (..., C, H, W), var (..., 1, 1, 1).
+        target: the Gaussian to move it to, same shapes.
+
+    Returns:
+        The reweighted mixture, (..., K, C, H, W).
+
+    Raises:
+        ValueError: if the variances are not one value per sample, or a mean's shape or dtype does not match
+            ``base``.
+    """
     return gm_mul_iso_gaussian(base, iso_gaussian_mul_iso_gaussian(target, surrogate, 1.0, -1.0), 1.0, 1.0)
 
 
@@ -68,7 +95,14 @@ class GuidedGM:
 
     @classmethod
     def unguided(cls, gm: GaussianMixture) -> GuidedGM:
-        """``gm`` itself, as the result of no guidance (its own surrogate, no bias)."""
+        """``gm`` itself, as the result of no guidance (its own surrogate, no bias).
+
+        Args:
+            gm: the x0-GM (..., K, C, H, W).
+
+        Returns:
+            The GuidedGM with ``gm`` and ``base`` both ``gm``.
+        """
         return cls(gm, gm, pixel_averaged_gaussian(gm))
 
     @cached_property
@@ -96,23 +130,61 @@ class Guidance(ABC):
 
     @abstractmethod
     def guide_gm(self, cond: GaussianMixture, uncond: GaussianMixture) -> GuidedGM:
-        """Guide the conditional x0-GM ``cond`` with the unconditional ``uncond`` (same shapes,
-        (..., K, C, H, W))."""
+        """Guide the conditional x0-GM ``cond`` with the unconditional ``uncond``.
+
+        Args:
+            cond: the conditional x0-GM (..., K, C, H, W).
+            uncond: the unconditional x0-GM, same shapes.
+
+        Returns:
+            The guided GM and how it relates to ``cond``.
+        """
 
     def guide_prediction(self, cond: Tensor, uncond: Tensor) -> Tensor:
-        """Guide a plain flow model's point prediction (velocity or x0, (..., C, H, W)). Only guidance
-        methods that act on means implement it."""
+        """Guide a plain flow model's point prediction (velocity or x0).
+
+        Only guidance methods that act on means implement it.
+
+        Args:
+            cond: the conditional prediction (..., C, H, W).
+            uncond: the unconditional prediction, same shape.
+
+        Returns:
+            The guided prediction, (..., C, H, W).
+
+        Raises:
+            ValueError: in this base implementation (the guidance acts on Gaussian mixtures only).
+        """
         raise ValueError(point_prediction_error(self))
 
 
 def point_prediction_error(guidance: Guidance) -> str:
+    """The error message for a guidance that cannot guide point predictions.
+
+    Args:
+        guidance: the guidance.
+
+    Returns:
+        The message, naming its class.
+    """
     return (f"{type(guidance).__name__} guides Gaussian mixtures only: use a GM solver, or "
             "ClassifierFreeGuidance with a plain flow solver")
 
 
 def active_guidance(guidance: Guidance | None) -> Guidance | None:
-    """``guidance`` if it needs the unconditional pass, else None: the one place where a solver decides
-    whether to run the doubled batch."""
+    """``guidance`` if it needs the unconditional pass, else None.
+
+    The one place where a solver decides whether to run the doubled batch.
+
+    Args:
+        guidance: a :class:`Guidance` or None.
+
+    Returns:
+        ``guidance`` or None.
+
+    Raises:
+        ValueError: if ``guidance`` is neither None nor a :class:`Guidance`.
+    """
     if guidance is None:
         return None
     if not isinstance(guidance, Guidance):

@@ -17,8 +17,19 @@ from .base import Guidance, GuidedGM
 
 
 def cfg_velocity(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """The usual CFG on a plain flow model's prediction (velocity or x0, (..., C, H, W)):
-    uncond + scale (cond - uncond)."""
+    """The usual CFG on a plain flow model's prediction (velocity or x0): uncond + scale (cond - uncond).
+
+    Args:
+        cond: the conditional prediction (..., C, H, W).
+        uncond: the unconditional prediction, same shape.
+        scale: the guidance scale, a finite number >= 0.
+
+    Returns:
+        The guided prediction, (..., C, H, W).
+
+    Raises:
+        ValueError: if ``scale`` is invalid or the shapes differ.
+    """
     scale = check_float_in("cfg_scale", scale, 0.0, float("inf"))
     if cond.shape != uncond.shape:
         raise ValueError(f"uncond must have the shape of cond {tuple(cond.shape)}, got {tuple(uncond.shape)}")
@@ -26,9 +37,21 @@ def cfg_velocity(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
 
 
 def cfg_gm(cond: GaussianMixture, uncond: GaussianMixture, scale: float) -> GaussianMixture:
-    """CFG applied to a GM as in the paper's ablation: shift every component of ``cond`` (..., K, C, H, W)
-    by (scale - 1) (mean(cond) - mean(uncond)); weights and std are unchanged, so the GM's mean is the
-    CFG-extrapolated mean."""
+    """CFG applied to a GM as in the paper's ablation: shift every component by (scale - 1) (mean(cond) - mean(uncond)).
+
+    Weights and std are unchanged, so the GM's mean is the CFG-extrapolated mean.
+
+    Args:
+        cond: the conditional x0-GM (..., K, C, H, W).
+        uncond: the unconditional x0-GM, same shapes.
+        scale: the guidance scale, a finite number >= 0.
+
+    Returns:
+        The shifted ``cond``, (..., K, C, H, W).
+
+    Raises:
+        ValueError: if ``scale`` is invalid or the means' shapes differ.
+    """
     scale = check_float_in("cfg_scale", scale, 0.0, float("inf"))
     if cond.means.shape != uncond.means.shape:
         raise ValueError(
@@ -51,10 +74,13 @@ class ClassifierFreeGuidance(Guidance):
 
     @property
     def needs_uncond(self) -> bool:
+        """False at scale 1 (the conditional prediction), True otherwise."""
         return self.scale != 1.0
 
     def guide_gm(self, cond: GaussianMixture, uncond: GaussianMixture) -> GuidedGM:
+        """:func:`cfg_gm` of the x0-GMs (..., K, C, H, W), wrapped by :meth:`GuidedGM.unguided` (no bias)."""
         return GuidedGM.unguided(cfg_gm(cond, uncond, self.scale))
 
     def guide_prediction(self, cond: Tensor, uncond: Tensor) -> Tensor:
+        """:func:`cfg_velocity` of the point predictions (..., C, H, W)."""
         return cfg_velocity(cond, uncond, self.scale)

@@ -71,14 +71,37 @@ class GaussianMixture:
 
     @classmethod
     def from_logits(cls, means: Tensor, logits: Tensor, logstds: Tensor) -> GaussianMixture:
-        """Build a GM from unnormalised component logits (normalised with log-softmax over K)."""
+        """Build a GM from unnormalised component logits (normalised with log-softmax over K).
+
+        Args:
+            means: (..., K, C, H, W).
+            logits: (..., K, 1, H, W) unnormalised log-weights.
+            logstds: (..., 1, 1, 1, 1), one log-std per sample.
+
+        Returns:
+            The validated GM.
+
+        Raises:
+            ValueError: if a field has the wrong type, shape, dtype or device.
+        """
         check_tensor("logits", logits, min_dim=4)
         return cls(means, logits, logstds)
 
     @classmethod
     def trusted(cls, means: Tensor, logweights: Tensor, logstds: Tensor) -> GaussianMixture:
-        """A GM from the outputs of an operation that are valid by construction (shapes, dtypes, normalised
-        log-weights): no checks, no normalisation. For gmfm's own operations; users construct normally."""
+        """A GM from fields that are valid by construction: no checks, no normalisation.
+
+        For the outputs of gmfm's own operations (shapes, dtypes, normalised log-weights already right);
+        users construct normally.
+
+        Args:
+            means: (..., K, C, H, W).
+            logweights: (..., K, 1, H, W), normalised over K.
+            logstds: (..., 1, 1, 1, 1).
+
+        Returns:
+            The GM, holding the given tensors.
+        """
         gm = object.__new__(cls)
         object.__setattr__(gm, "means", means)
         object.__setattr__(gm, "logweights", logweights)
@@ -88,6 +111,7 @@ class GaussianMixture:
     # ----- shape information -------------------------------------------------------------------------
     @property
     def batch_shape(self) -> torch.Size:
+        """The batch dims ``...`` of the means."""
         return self.means.shape[:-4]
 
     @property
@@ -97,14 +121,17 @@ class GaussianMixture:
 
     @property
     def num_components(self) -> int:
+        """K, the number of components."""
         return self.means.shape[-4]
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the means."""
         return self.means.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the means."""
         return self.means.device
 
     def __repr__(self) -> str:
@@ -113,16 +140,26 @@ class GaussianMixture:
 
     # ----- tensor-like helpers -----------------------------------------------------------------------
     def map(self, fn: Any) -> GaussianMixture:
-        """Apply ``fn`` to the three tensors (after expanding logstds to the full batch shape)."""
+        """Apply ``fn`` to the three tensors (after expanding logstds to the full batch shape).
+
+        Args:
+            fn: a function Tensor -> Tensor that keeps the trailing (K, C, H, W) / (K, 1, H, W) /
+                (1, 1, 1, 1) dims.
+
+        Returns:
+            The GM of the results (not validated).
+        """
         logstds = self.logstds.expand(*self.batch_shape, 1, 1, 1, 1)
         return GaussianMixture.trusted(fn(self.means), fn(self.logweights), fn(logstds))
 
     def to(self, *args: Any, **kwargs: Any) -> GaussianMixture:
+        """The GM with ``Tensor.to(*args, **kwargs)`` applied to every field (dtype and / or device)."""
         return GaussianMixture.trusted(
             self.means.to(*args, **kwargs), self.logweights.to(*args, **kwargs), self.logstds.to(*args, **kwargs)
         )
 
     def detach(self) -> GaussianMixture:
+        """The GM with every field detached from the autograd graph."""
         return GaussianMixture.trusted(self.means.detach(), self.logweights.detach(), self.logstds.detach())
 
     def __getitem__(self, index: Any) -> GaussianMixture:
@@ -131,11 +168,27 @@ class GaussianMixture:
 
     @staticmethod
     def cat(gms: list[GaussianMixture], dim: int = 0) -> GaussianMixture:
-        """Concatenate mixtures along a batch dimension (``dim`` counts batch dims only, >= 0)."""
+        """Concatenate mixtures along a batch dimension.
+
+        Args:
+            gms: the mixtures, each (..., K, C, H, W) with the same K.
+            dim: the batch dimension, counted from the front (>= 0).
+
+        Returns:
+            The concatenated GM (logstds expanded to the full batch shape).
+
+        Raises:
+            ValueError: if ``gms`` is empty, the mixtures differ in K, event shape or dtype, or ``dim`` is not
+                a batch dimension.
+        """
         if not gms:
             raise ValueError("gms must be a non-empty list of GaussianMixture")
-        if any(g.num_components != gms[0].num_components for g in gms):
-            raise ValueError("gms must all have the same number of components K")
+        first = gms[0]
+        if any(g.num_components != first.num_components or g.event_shape != first.event_shape
+               or g.dtype != first.dtype for g in gms):
+            raise ValueError("gms must all have the same number of components K, event shape (C, H, W) and dtype")
+        if not 0 <= dim < len(first.batch_shape):
+            raise ValueError(f"dim must index a batch dimension in [0, {len(first.batch_shape)}), got {dim}")
         full = [g.map(lambda t: t) for g in gms]
         return GaussianMixture.trusted(
             torch.cat([g.means for g in full], dim),
@@ -144,8 +197,20 @@ class GaussianMixture:
         )
 
     def check_finite(self, name: str = "gm") -> GaussianMixture:
-        """Raise ``ValueError`` if any field holds NaN or inf (``-inf`` log-weights are allowed unless a pixel
-        has no component left). One device synchronisation when everything is fine."""
+        """Check that no field holds NaN or inf; one device synchronisation when everything is fine.
+
+        ``-inf`` log-weights are allowed unless a pixel has no component left.
+
+        Args:
+            name: the GM's name in error messages.
+
+        Returns:
+            The GM itself.
+
+        Raises:
+            ValueError: naming the field, if means or logstds hold NaN or inf, log-weights hold NaN or +inf,
+                or every component of some pixel has log-weight -inf.
+        """
         lw = self.logweights
         ok = (
             torch.isfinite(self.means).all()
@@ -189,6 +254,7 @@ class IsoGaussian:
 
     @property
     def batch_shape(self) -> torch.Size:
+        """The batch dims ``...`` of the mean."""
         return self.mean.shape[:-3]
 
     def __repr__(self) -> str:
@@ -196,4 +262,5 @@ class IsoGaussian:
                 f"dtype={self.mean.dtype}, device={self.mean.device})")
 
     def to(self, *args: Any, **kwargs: Any) -> IsoGaussian:
+        """The Gaussian with ``Tensor.to(*args, **kwargs)`` applied to mean and var (dtype and / or device)."""
         return IsoGaussian(self.mean.to(*args, **kwargs), self.var.to(*args, **kwargs))

@@ -75,8 +75,20 @@ def _check_x(name: str, x: Tensor, event_shape: torch.Size | None = None,
 def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     """Turn a prediction over u into one over x0 = x_t - sigma u.
 
-    ``dist`` is a u-GM (GaussianMixture), an IsoGaussian over u, or a point prediction (Tensor
-    (..., C, H, W)). For distributions, stds scale by sigma (clamped at ``eps`` inside the log).
+    For distributions, stds scale by sigma (for a GM, sigma is clamped at ``eps`` inside the log).
+
+    Args:
+        dist: a u-GM (GaussianMixture (..., K, C, H, W)), an IsoGaussian over u, or a point prediction
+            (Tensor (..., C, H, W)).
+        x_t: noisy samples (..., C, H, W), in the dtype of ``dist``.
+        sigma: noise level of ``x_t`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        eps: lower clamp of sigma inside the log of a GM's std.
+
+    Returns:
+        The prediction over x0, of the same kind and shape as ``dist``.
+
+    Raises:
+        ValueError: if a tensor, its shape or dtype, or sigma is invalid.
     """
     _check_x("x_t", x_t, dist=dist if isinstance(dist, (GaussianMixture, IsoGaussian)) else None)
     s = as_level("sigma", sigma, x_t)
@@ -91,7 +103,21 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
 
 
 def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
-    """Inverse of :func:`u_to_x0`: u = (x_t - x0) / sigma, sigma clamped at ``eps``."""
+    """Inverse of :func:`u_to_x0`: u = (x_t - x0) / sigma, sigma clamped at ``eps``.
+
+    Args:
+        dist: an x0-GM (GaussianMixture (..., K, C, H, W)), an IsoGaussian over x0, or a point prediction
+            (Tensor (..., C, H, W)).
+        x_t: noisy samples (..., C, H, W), in the dtype of ``dist``.
+        sigma: noise level of ``x_t`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        eps: lower clamp of sigma.
+
+    Returns:
+        The prediction over u, of the same kind and shape as ``dist``.
+
+    Raises:
+        ValueError: if a tensor, its shape or dtype, or sigma is invalid.
+    """
     _check_x("x_t", x_t, dist=dist if isinstance(dist, (GaussianMixture, IsoGaussian)) else None)
     inv_s = 1 / _clamp_min(as_level("sigma", sigma, x_t), eps)
     if isinstance(dist, GaussianMixture):
@@ -105,7 +131,19 @@ def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
 
 
 def forward_diffusion(x0: Tensor, sigma: object, noise: Tensor) -> Tensor:
-    """x_t = (1 - sigma) x0 + sigma noise."""
+    """Noise data to level sigma: x_t = (1 - sigma) x0 + sigma noise.
+
+    Args:
+        x0: data (..., C, H, W).
+        sigma: noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        noise: standard normal noise with the trailing shape (C, H, W) of ``x0``.
+
+    Returns:
+        x_t, (..., C, H, W).
+
+    Raises:
+        ValueError: if a tensor, its shape, or sigma is invalid.
+    """
     _check_x("x0", x0)
     _check_x("noise", noise, x0.shape[-3:])
     s = as_level("sigma", sigma, x0)
@@ -115,7 +153,21 @@ def forward_diffusion(x0: Tensor, sigma: object, noise: Tensor) -> Tensor:
 def forward_transition(x_low: Tensor, sigma_low: object, sigma_high: object, noise: Tensor) -> Tensor:
     """Diffuse x at sigma_low further to sigma_high >= sigma_low (builds the transition-loss input).
 
-    x_high = (alpha_high/alpha_low) x_low + sqrt(sigma_high^2 - (alpha_high/alpha_low sigma_low)^2) noise.
+    x_high = (alpha_high/alpha_low) x_low + sqrt(sigma_high^2 - (alpha_high/alpha_low sigma_low)^2) noise,
+    with alpha_low clamped at ``EPS``.
+
+    Args:
+        x_low: samples (..., C, H, W) at ``sigma_low``.
+        sigma_low: noise level of ``x_low`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        sigma_high: the target noise level, same forms, >= sigma_low.
+        noise: standard normal noise with the trailing shape (C, H, W) of ``x_low``.
+
+    Returns:
+        x_high, (..., C, H, W).
+
+    Raises:
+        ValueError: if sigma_high < sigma_low (while value checks are enabled), or a tensor, its shape or a
+            noise level is invalid.
     """
     _check_x("x_low", x_low)
     _check_x("noise", noise, x_low.shape[-3:])
@@ -153,7 +205,23 @@ def reverse_transition(
 ) -> GaussianMixture:
     """GM over x at sigma_low given x_high and a GM over u (or x0) predicted at sigma_high (GM-SDE).
 
-    x_low | x_high ~ sum_k w_k N(c1 x_high + c2 mu_x0k, (c3 + c2^2 s_x0^2) I).
+    x_low | x_high ~ sum_k w_k N(c1 x_high + c2 mu_x0k, (c3 + c2^2 s_x0^2) I), where
+    q(x_low | x_high, x0) = N(c1 x_high + c2 x0, c3 I) (paper Eq. 9).
+
+    Args:
+        gm: the predicted GM (..., K, C, H, W), over u or x0 as ``prediction_type`` says.
+        x_high: samples (..., C, H, W) at ``sigma_high``, in the dtype of ``gm``.
+        sigma_high: noise level of ``x_high`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        sigma_low: the target noise level, same forms, <= sigma_high.
+        prediction_type: "u" if ``gm`` is over the velocity u, "x0" if it is over x0.
+        eps: lower clamp of sigma_high and alpha_low in the coefficients, and of the scales inside the logs.
+
+    Returns:
+        The GM over x_low, (..., K, C, H, W).
+
+    Raises:
+        ValueError: for an unknown ``prediction_type``, sigma_low > sigma_high (while value checks are
+            enabled), or an invalid tensor, shape, dtype or noise level.
     """
     if prediction_type not in ("u", "x0"):
         raise ValueError(f"prediction_type must be 'u' or 'x0', got {prediction_type!r}")
@@ -177,7 +245,25 @@ def reverse_transition(
 
 
 def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Tensor, eps: float = EPS) -> Tensor:
-    """GM-SDE step from a sample x0 of the denoising distribution: x_to = c1 x_t + c2 x0 + sqrt(c3) noise."""
+    """GM-SDE step from a sample x0 of the denoising distribution: x_to = c1 x_t + c2 x0 + sqrt(c3) noise.
+
+    (c1, c2, c3) are the coefficients of q(x_to | x_t, x0) = N(c1 x_t + c2 x0, c3 I) (paper Eq. 9).
+
+    Args:
+        x0: a sample of the denoising distribution, (..., C, H, W).
+        x_t: current samples (..., C, H, W).
+        sigma: noise level of ``x_t`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        sigma_to: the target noise level, same forms, <= sigma.
+        noise: standard normal noise (..., C, H, W).
+        eps: lower clamp of sigma and alpha_to in the coefficients.
+
+    Returns:
+        x_to, (..., C, H, W).
+
+    Raises:
+        ValueError: if sigma_to > sigma (while value checks are enabled), or a tensor, its shape or a noise
+            level is invalid.
+    """
     _check_x("x_t", x_t)
     _check_x("x0", x0, x_t.shape[-3:])
     _check_x("noise", noise, x_t.shape[-3:])
@@ -189,7 +275,21 @@ def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Te
 
 
 def euler_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, eps: float = EPS) -> Tensor:
-    """Flow-ODE Euler step from an x0 prediction: x_to = x_t + (x_t - x0)/sigma (sigma_to - sigma)."""
+    """Flow-ODE Euler step from an x0 prediction: x_to = x_t + (x_t - x0)/sigma (sigma_to - sigma).
+
+    Args:
+        x0: the x0 prediction, (..., C, H, W).
+        x_t: current samples (..., C, H, W).
+        sigma: noise level of ``x_t`` in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        sigma_to: the target noise level, same forms.
+        eps: lower clamp of sigma in the division.
+
+    Returns:
+        x_to, (..., C, H, W).
+
+    Raises:
+        ValueError: if a tensor, its shape or a noise level is invalid.
+    """
     _check_x("x_t", x_t)
     _check_x("x0", x0, x_t.shape[-3:])
     s = as_level("sigma", sigma, x_t)
@@ -222,6 +322,21 @@ class DenoisingGMConverter:
 
     @classmethod
     def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: object, eps: float = EPS) -> DenoisingGMConverter:
+        """Build the converter of an x0-GM predicted at (x_src, sigma_src).
+
+        Args:
+            gm: the x0-GM (..., K, C, H, W).
+            x_src: the samples (..., C, H, W) it was predicted at, in the dtype of ``gm``.
+            sigma_src: their noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``;
+                clamped at ``eps``.
+            eps: lower clamp of the noise levels and of the denominator d.
+
+        Returns:
+            The converter.
+
+        Raises:
+            ValueError: if ``x_src``, its shape or dtype, or ``sigma_src`` is invalid.
+        """
         _check_x("x_src", x_src, gm.event_shape, gm)
         return cls(gm, x_src, _clamp_min(as_level("sigma_src", sigma_src, x_src), eps), eps)
 
@@ -254,13 +369,37 @@ class DenoisingGMConverter:
         return nu, denom, logits
 
     def mean(self, x_tgt: Tensor, sigma_tgt: object) -> Tensor:
-        """Mean of the re-conditioned x0-GM, (..., C, H, W), without building the GM."""
+        """Mean of the re-conditioned x0-GM, without building the GM.
+
+        Args:
+            x_tgt: the samples (..., C, H, W) to condition on, in the GM's dtype.
+            sigma_tgt: their noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``;
+                clamped at ``eps``.
+
+        Returns:
+            The mean, (..., C, H, W).
+
+        Raises:
+            ValueError: if ``x_tgt``, its shape or dtype, or ``sigma_tgt`` is invalid.
+        """
         nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
         weighted = (torch.softmax(logits, dim=-4) * self.gm.means).sum(dim=-4)  # weights sum to 1
         return torch.addcmul(weighted, nu.squeeze(-4), self._var.squeeze(-4)) / denom.squeeze(-4)
 
     def converted(self, x_tgt: Tensor, sigma_tgt: object) -> GaussianMixture:
-        """The full re-conditioned x0-GM (..., K, C, H, W)."""
+        """The full re-conditioned x0-GM.
+
+        Args:
+            x_tgt: the samples (..., C, H, W) to condition on, in the GM's dtype.
+            sigma_tgt: their noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``;
+                clamped at ``eps``.
+
+        Returns:
+            The x0-GM, (..., K, C, H, W).
+
+        Raises:
+            ValueError: if ``x_tgt``, its shape or dtype, or ``sigma_tgt`` is invalid.
+        """
         nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
         means = torch.addcmul(self._var * nu / denom, self.gm.means, 1 / denom)  # (mu + v nu) / d
         return GaussianMixture.trusted(means, torch.log_softmax(logits, dim=-4),
@@ -270,13 +409,44 @@ class DenoisingGMConverter:
 def convert_denoising_gm(
     gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
 ) -> GaussianMixture:
-    """Re-condition an x0-GM predicted at (x_src, sigma_src) on (x_tgt, sigma_tgt): see
-    :class:`DenoisingGMConverter`."""
+    """Re-condition an x0-GM predicted at (x_src, sigma_src) on (x_tgt, sigma_tgt).
+
+    See :class:`DenoisingGMConverter`.
+
+    Args:
+        gm: the x0-GM (..., K, C, H, W).
+        x_src: the samples (..., C, H, W) it was predicted at.
+        sigma_src: their noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        x_tgt: the samples (..., C, H, W) to condition on.
+        sigma_tgt: their noise level, same forms.
+        eps: lower clamp of the noise levels and of the denominator d.
+
+    Returns:
+        The re-conditioned x0-GM, (..., K, C, H, W).
+
+    Raises:
+        ValueError: if a tensor, its shape or dtype, or a noise level is invalid.
+    """
     return DenoisingGMConverter.create(gm, x_src, sigma_src, eps).converted(x_tgt, sigma_tgt)
 
 
 def convert_denoising_gm_mean(
     gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
 ) -> Tensor:
-    """Mean (..., C, H, W) of :func:`convert_denoising_gm`, without building the full GM."""
+    """Mean of :func:`convert_denoising_gm`, without building the full GM.
+
+    Args:
+        gm: the x0-GM (..., K, C, H, W).
+        x_src: the samples (..., C, H, W) it was predicted at.
+        sigma_src: their noise level in [0, 1]: a number or a tensor of the batch shape ``(...)``.
+        x_tgt: the samples (..., C, H, W) to condition on.
+        sigma_tgt: their noise level, same forms.
+        eps: lower clamp of the noise levels and of the denominator d.
+
+    Returns:
+        The mean of the re-conditioned x0-GM, (..., C, H, W).
+
+    Raises:
+        ValueError: if a tensor, its shape or dtype, or a noise level is invalid.
+    """
     return DenoisingGMConverter.create(gm, x_src, sigma_src, eps).mean(x_tgt, sigma_tgt)

@@ -38,9 +38,14 @@ _OFFICIAL_FLOORS: contextvars.ContextVar[FloorReport | None] = contextvars.Conte
 
 @contextmanager
 def official_floors() -> Iterator[FloorReport]:
-    """Within the block, variance-like quantities are floored at the official code's absolute 1e-6
-    instead of gmfm's scale-relative floors, to reproduce the official numbers exactly. The report counts
-    the floorings that changed a value: where none did, both modes agree."""
+    """Floor variance-like quantities at the official code's absolute 1e-6 within the block.
+
+    Replaces gmfm's scale-relative floors (:func:`variance_floor`), to reproduce the official numbers
+    exactly.
+
+    Yields:
+        A :class:`FloorReport` counting the floorings that changed a value: where none did, both modes agree.
+    """
     report = FloorReport()
     token = _OFFICIAL_FLOORS.set(report)
     try:
@@ -50,9 +55,20 @@ def official_floors() -> Iterator[FloorReport]:
 
 
 def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_EPS) -> Tensor:
-    """``value`` clamped below at ``rel * |scale|`` (no scale: at the dtype's smallest normal number): a floor
-    that follows the operands' scale, so data with a tiny spread is treated as data with a unit spread is.
-    Inside :func:`official_floors`, the official absolute 1e-6."""
+    """``value`` clamped below at a floor that follows the operands' scale.
+
+    The floor is ``rel * |scale|`` plus the dtype's smallest normal number (no scale: that number alone),
+    so data with a tiny spread is treated as data with a unit spread is. Inside :func:`official_floors`,
+    the official absolute 1e-6 (``EPS``) instead, and the report counts the calls where it changed a value.
+
+    Args:
+        value: the quantity to floor (any shape).
+        scale: the operands' scale, broadcastable to ``value``; None for the absolute floor.
+        rel: the relative floor.
+
+    Returns:
+        The floored tensor, of the broadcast shape of ``value`` and ``scale``.
+    """
     report = _OFFICIAL_FLOORS.get()
     if report is not None:
         if bool((value < EPS).any()):
@@ -63,7 +79,14 @@ def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_
 
 
 def upcast(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
-    """(the inputs' dtype, the inputs in float32 at least): half precision is computed in float32."""
+    """Promote tensors to float32 at least, so that half precision is computed in float32.
+
+    Args:
+        *tensors: the inputs; the first one's dtype is reported.
+
+    Returns:
+        (the first input's dtype, all inputs converted to that dtype promoted to float32 at least).
+    """
     dtype = tensors[0].dtype
     work = torch.promote_types(dtype, torch.float32)
     return dtype, [t.to(work) for t in tensors]
@@ -77,17 +100,39 @@ def _check_sample(name: str, x: Tensor, gm: GaussianMixture) -> None:
 
 
 def gm_weights(gm: GaussianMixture) -> Tensor:
-    """Component weights (..., K, 1, H, W). Softmax, so unnormalised log-weights are tolerated."""
+    """Component weights: a softmax over K, so unnormalised log-weights are tolerated.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+
+    Returns:
+        The weights, (..., K, 1, H, W).
+    """
     return torch.softmax(gm.logweights, dim=-4)
 
 
 def gm_mean(gm: GaussianMixture) -> Tensor:
-    """Mean of the mixture, sum_k w_k mu_k: (..., C, H, W)."""
+    """Mean of the mixture, sum_k w_k mu_k.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+
+    Returns:
+        The mean, (..., C, H, W).
+    """
     return (gm_weights(gm) * gm.means).sum(dim=-4)
 
 
 def channel_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Inner product over the channel dim -3, kept: (..., 1, H, W) (broadcasting a against b)."""
+    """Inner product over the channel dim -3, kept.
+
+    Args:
+        a: tensor (..., C, H, W).
+        b: tensor broadcastable against ``a``.
+
+    Returns:
+        sum_c a_c b_c, (..., 1, H, W) (the broadcast shape with dim -3 reduced to 1).
+    """
     return (a * b).sum(dim=-3, keepdim=True)
 
 
@@ -104,8 +149,12 @@ def _consume_sq_norm(diff: Tensor) -> Tensor:
 def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """Moment-matched isotropic Gaussian per pixel.
 
-    mean (..., C, H, W) = sum_k w_k mu_k;
-    var (..., 1, H, W) = mean over channels of sum_k w_k (mu_k - mean)^2, plus s^2.
+    Args:
+        gm: the mixture (..., K, C, H, W).
+
+    Returns:
+        IsoGaussian with mean (..., C, H, W) = sum_k w_k mu_k and
+        var (..., 1, H, W) = mean over channels of sum_k w_k (mu_k - mean)^2, plus s^2.
     """
     weights = gm_weights(gm)
     mean = (weights * gm.means).sum(dim=-4)
@@ -124,17 +173,39 @@ def _component_log_likelihoods(gm: GaussianMixture, x: Tensor, max_inv_std: floa
 
 
 def gm_log_prob(gm: GaussianMixture, x: Tensor) -> Tensor:
-    """Log density of ``x`` (..., C, H, W) per pixel, summed over channels: (..., H, W)."""
+    """Log density of ``x`` per pixel, summed over channels.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        x: points (..., C, H, W) whose batch dims broadcast to the GM's, in the GM's dtype.
+
+    Returns:
+        log p(x) per pixel, (..., H, W).
+
+    Raises:
+        ValueError: if ``x``, its shape or dtype is invalid.
+    """
     _check_sample("x", x, gm)
     ll = _component_log_likelihoods(gm, x, None)
     return torch.logsumexp(ll, dim=-3) - 0.5 * gm.event_shape[0] * math.log(2 * math.pi)
 
 
 def gm_nll(gm: GaussianMixture, target: Tensor, max_inv_std: float = 1e4) -> Tensor:
-    """The training NLL of ``target`` (..., C, H, W) per pixel: (..., H, W).
+    """The training NLL of ``target`` per pixel.
 
     Official convention: no 2*pi constant, and 1/s clamped at ``max_inv_std`` so that a collapsing std
     cannot blow up the loss. The training loss is its mean over batch and pixels.
+
+    Args:
+        gm: the predicted mixture (..., K, C, H, W).
+        target: targets (..., C, H, W) whose batch dims broadcast to the GM's, in the GM's dtype.
+        max_inv_std: upper clamp of 1/s.
+
+    Returns:
+        The NLL per pixel, (..., H, W).
+
+    Raises:
+        ValueError: if ``target``, its shape or dtype is invalid.
     """
     _check_sample("target", target, gm)
     return -torch.logsumexp(_component_log_likelihoods(gm, target, max_inv_std), dim=-3)
@@ -152,11 +223,14 @@ def iso_gaussian_mul_iso_gaussian(
     0; the two agree wherever d > 1e-6.) Half precision is computed in float32.
 
     Args:
-        g1, g2: mean (..., C, H, W), var broadcastable (..., 1, H, W) or (..., 1, 1, 1).
-        power_1, power_2: the powers (any sign).
+        g1: first Gaussian: mean (..., C, H, W), var broadcastable (..., 1, H, W) or (..., 1, 1, 1).
+        g2: second Gaussian, shapes as ``g1``.
+        power_1: power of ``g1`` (any sign).
+        power_2: power of ``g2`` (any sign).
+        eps: relative floor of d.
 
     Returns:
-        The product as an :class:`IsoGaussian`.
+        The product as an :class:`IsoGaussian`, in the dtype of ``g1``.
     """
     dtype, (m1, v1, m2, v2) = upcast(g1.mean, g1.var, g2.mean, g2.var)
     a, b = power_1 * v2, power_2 * v1
@@ -171,10 +245,25 @@ def gm_mul_iso_gaussian(
 ) -> GaussianMixture:
     """Normalised product GM^gm_power * N(g_mean, g_var I)^gaussian_power, which is a GM again.
 
-    ``gaussian.var`` must be one value per sample (..., 1, 1, 1) so that the result keeps one shared std.
     With r = gaussian_power / gm_power and n = g_var + r s^2:
     means' = (g_var mu_k + r s^2 g_mean) / n, logweights' = logsoftmax(log w_k - r |mu_k - g_mean|^2 / (2n)),
-    logstd' = logstd + log(g_var)/2 - log(n)/2.
+    logstd' = logstd + log(g_var)/2 - log(n)/2. n is floored at ``eps`` (|g_var| + |r s^2|) (see
+    :func:`variance_floor`); half precision is computed in float32.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        gaussian: mean (..., C, H, W) in the GM's dtype; var one value per sample (..., 1, 1, 1), so that
+            the result keeps one shared std.
+        gm_power: power of the GM (non-zero).
+        gaussian_power: power of the Gaussian (any sign).
+        eps: relative floor of n.
+
+    Returns:
+        The product GM (..., K, C, H, W), in the GM's dtype.
+
+    Raises:
+        ValueError: if ``gaussian.var`` is not one value per sample, ``gm_power`` is 0, or ``gaussian.mean``
+            has the wrong trailing shape or dtype.
     """
     if gaussian.var.shape[-2:] != (1, 1):
         raise ValueError(
@@ -199,9 +288,19 @@ def gm_mul_iso_gaussian(
 
 
 def gm_sample(gm: GaussianMixture, generator: Generators = None) -> Tensor:
-    """One sample per GM, (..., C, H, W): a component per pixel by its weight, then Gaussian noise.
+    """One sample per GM: a component per pixel by its weight, then Gaussian noise.
 
-    Both draws use ``generator`` (or one generator per sample of a (B,) batch). A component with zero weight (log-weight -inf) is never chosen.
+    A component with zero weight (log-weight -inf) is never chosen.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        generator: drives both draws: one ``torch.Generator``, one per sample of a (B,) batch, or None.
+
+    Returns:
+        The samples, (..., C, H, W).
+
+    Raises:
+        ValueError: if a list of generators does not have one per row of the leading batch dim.
     """
     weights = gm_weights(gm)  # (..., K, 1, H, W)
     cdf = weights.cumsum(dim=-4)
@@ -216,7 +315,18 @@ def gm_sample(gm: GaussianMixture, generator: Generators = None) -> Tensor:
 
 
 def gm_temperature(gm: GaussianMixture, temperature: float) -> GaussianMixture:
-    """GM at a temperature T > 0: weights^(1/T) renormalised, component variance times T (pi-Flow)."""
+    """GM at a temperature T > 0: weights^(1/T) renormalised, component variance times T (pi-Flow).
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        temperature: T, a finite number > 0.
+
+    Returns:
+        The tempered mixture, (..., K, C, H, W).
+
+    Raises:
+        ValueError: if ``temperature`` is not a finite number > 0.
+    """
     temperature = check_float_in("temperature", temperature, 0.0, math.inf, low_open=True)
     logweights = torch.log_softmax(gm.logweights / temperature, dim=-4)
     return GaussianMixture.trusted(gm.means, logweights, gm.logstds + 0.5 * math.log(temperature))

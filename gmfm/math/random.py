@@ -33,17 +33,55 @@ def _draw(fn, shape: Sequence[int], generator: Generators, like: Tensor) -> Tens
 
 
 def randn(shape: Sequence[int], generator: Generators, like: Tensor) -> Tensor:
-    """Standard normal draws of ``shape`` with the dtype and device of ``like``."""
+    """Standard normal draws of ``shape`` with the dtype and device of ``like``.
+
+    Args:
+        shape: the output shape.
+        generator: one ``torch.Generator`` (the draw happens on its device), one per row of ``shape[0]``,
+            or None (the global generator, on ``like``'s device).
+        like: tensor giving the dtype and device of the result.
+
+    Returns:
+        The draws, of shape ``shape``.
+
+    Raises:
+        ValueError: if a list of generators does not have one per row.
+    """
     return _draw(torch.randn, shape, generator, like)
 
 
 def rand(shape: Sequence[int], generator: Generators, like: Tensor) -> Tensor:
-    """Uniform [0, 1) draws of ``shape`` with the dtype and device of ``like``."""
+    """Uniform [0, 1) draws of ``shape`` with the dtype and device of ``like``.
+
+    Args:
+        shape: the output shape.
+        generator: one ``torch.Generator`` (the draw happens on its device), one per row of ``shape[0]``,
+            or None (the global generator, on ``like``'s device).
+        like: tensor giving the dtype and device of the result.
+
+    Returns:
+        The draws, of shape ``shape``.
+
+    Raises:
+        ValueError: if a list of generators does not have one per row.
+    """
     return _draw(torch.rand, shape, generator, like)
 
 
 def check_generators(generator: Generators, batch_size: int, name: str = "generator") -> Generators:
-    """Validate a generator argument for a batch of ``batch_size`` samples."""
+    """Validate a generator argument for a batch of ``batch_size`` samples.
+
+    Args:
+        generator: None, one ``torch.Generator``, or a list / tuple of them, one per sample.
+        batch_size: the number of samples B.
+        name: the argument's name in error messages.
+
+    Returns:
+        ``generator`` unchanged if None or one generator, else the generators as a list.
+
+    Raises:
+        ValueError: if ``generator`` is of another type, or a list / tuple whose length is not ``batch_size``.
+    """
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
@@ -64,15 +102,42 @@ class BatchDraws:
     """
 
     def __init__(self, generator: torch.Generator | None, batch_size: int, rows: slice | None = None) -> None:
+        """Set up the draws.
+
+        Args:
+            generator: the generator of the whole global batch (None: the global generator).
+            batch_size: the global batch size.
+            rows: this process's rows of the global batch, a slice with explicit start and stop
+                (None: all rows).
+
+        Raises:
+            ValueError: if ``rows`` does not lie in [0, batch_size].
+        """
         self.generator = generator
         self.batch_size = int(batch_size)
-        self.rows = rows if rows is not None else slice(0, self.batch_size)
-        if not 0 <= self.rows.start <= self.rows.stop <= self.batch_size:
-            raise ValueError(f"rows {self.rows} must lie in [0, {self.batch_size}]")
+        rows = rows if rows is not None else slice(0, self.batch_size)
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise ValueError(f"rows must be a contiguous slice of the batch, got {rows!r}")
+        start = 0 if rows.start is None else rows.start
+        stop = self.batch_size if rows.stop is None else rows.stop
+        if not 0 <= start <= stop <= self.batch_size:
+            raise ValueError(f"rows {rows} must lie in [0, {self.batch_size}]")
+        self.rows = slice(start, stop)
 
     @classmethod
     def of(cls, randomness: BatchDraws | torch.Generator | None, batch_size: int) -> BatchDraws:
-        """``randomness`` if it already is a BatchDraws, else draws for a whole batch of ``batch_size``."""
+        """``randomness`` if it already is a BatchDraws, else draws for a whole batch of ``batch_size``.
+
+        Args:
+            randomness: a BatchDraws, a generator, or None (the global generator).
+            batch_size: the number of rows the caller draws for.
+
+        Returns:
+            The BatchDraws.
+
+        Raises:
+            ValueError: if ``randomness`` is a BatchDraws covering a number of rows other than ``batch_size``.
+        """
         if isinstance(randomness, BatchDraws):
             if randomness.local_size != batch_size:
                 raise ValueError(f"the draws cover {randomness.local_size} rows but the batch has {batch_size}")
@@ -81,12 +146,29 @@ class BatchDraws:
 
     @property
     def local_size(self) -> int:
+        """The number of rows drawn for (``rows.stop - rows.start``)."""
         return self.rows.stop - self.rows.start
 
     def rand(self, tail: Sequence[int], like: Tensor) -> Tensor:
-        """Uniform [0, 1) draws (local_size, *tail) with the dtype and device of ``like``."""
+        """Uniform [0, 1) draws for this process's rows.
+
+        Args:
+            tail: the shape of one row's draws.
+            like: tensor giving the dtype and device of the result.
+
+        Returns:
+            The draws, (local_size, *tail).
+        """
         return rand((self.batch_size, *tail), self.generator, like)[self.rows]
 
     def randn(self, tail: Sequence[int], like: Tensor) -> Tensor:
-        """Standard normal draws (local_size, *tail) with the dtype and device of ``like``."""
+        """Standard normal draws for this process's rows.
+
+        Args:
+            tail: the shape of one row's draws.
+            like: tensor giving the dtype and device of the result.
+
+        Returns:
+            The draws, (local_size, *tail).
+        """
         return randn((self.batch_size, *tail), self.generator, like)[self.rows]

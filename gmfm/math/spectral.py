@@ -35,8 +35,14 @@ _SQRT2 = math.sqrt(2.0)
 def gm1d_cdf_pdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """CDF and density of 1-D mixtures at ``x``.
 
-    means, logweights (..., K, H, W) (log-weights normalised over K); logstds broadcastable to them;
-    x (..., H, W). Returns (cdf in [0, 1], pdf), each (..., H, W).
+    Args:
+        means: component means (..., K, H, W).
+        logstds: component log-stds, broadcastable to ``means``.
+        logweights: log-weights (..., K, H, W), normalised over K.
+        x: the points (..., H, W).
+
+    Returns:
+        (cdf in [0, 1], pdf), each (..., H, W).
     """
     return _mixture_cdf_pdf(means, torch.exp(-logstds), torch.exp(logweights), x, dim=-3)
 
@@ -51,7 +57,7 @@ def _mixture_cdf_pdf(means: Tensor, inv_stds: Tensor, weights: Tensor, x: Tensor
 
 
 def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tensor, steps: int = 32) -> Tensor:
-    """Solve F(x) = u for 1-D mixtures (shapes as in :func:`gm1d_cdf_pdf`), u in (0, 1).
+    """Solve F(x) = u for 1-D mixtures.
 
     Starts from the moment-matched Gaussian's quantile; every mixture component's CDF lies below u at
     min_k mu_k + s Phi^-1(u) and above it at max_k mu_k + s Phi^-1(u), which brackets the root. Each
@@ -60,6 +66,17 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
     been evaluated), so the bracket always shrinks. An element stops when its step is below 100 machine
     epsilons of the component std (or after ``steps`` iterations); only the elements still moving are
     evaluated, since most converge in a few steps and a few need many.
+
+    Args:
+        means: component means (..., K, H, W).
+        logstds: component log-stds, broadcastable to ``means``; the start, bracket and tolerance use the
+            first component's std (the components share one std s).
+        logweights: log-weights (..., K, H, W), normalised over K.
+        u: the target CDF values in (0, 1), broadcastable to (..., H, W).
+        steps: the maximum number of iterations.
+
+    Returns:
+        x, (..., H, W).
     """
     logstds = logstds.expand_as(means)
     std = torch.exp(logstds[..., :1, :, :]).squeeze(-3)
@@ -142,7 +159,19 @@ def _conditional_logweights(gm: GaussianMixture, means_rot: Tensor, y_prev: Tens
 
 
 def gaussian_to_gm_kr(gm: GaussianMixture, noise: Tensor, steps: int = 32) -> Tensor:
-    """Map standard-normal noise (..., C, H, W) (in the KR basis) to samples of the per-pixel GM."""
+    """Map standard-normal noise (in the KR basis) to samples of the per-pixel GM (Knothe-Rosenblatt map).
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        noise: standard normal noise (..., C, H, W).
+        steps: the maximum number of iterations of each 1-D inverse CDF (:func:`gm1d_inverse_cdf`).
+
+    Returns:
+        The samples, (..., C, H, W).
+
+    Raises:
+        ValueError: if ``noise`` is not a floating tensor with the GM's trailing shape (C, H, W).
+    """
     check_tensor("noise", noise, min_dim=3)
     check_same_trailing("noise", noise, gm.event_shape, "the GM's (C, H, W)")
     rotation = _rotation(gm)
@@ -159,7 +188,19 @@ def gaussian_to_gm_kr(gm: GaussianMixture, noise: Tensor, steps: int = 32) -> Te
 
 
 def gm_to_gaussian_kr(gm: GaussianMixture, samples: Tensor, eps: float = 1e-6) -> Tensor:
-    """The inverse map: samples of the per-pixel GM (..., C, H, W) -> standard normal (KR basis)."""
+    """The inverse map: samples of the per-pixel GM -> standard normal (KR basis).
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        samples: samples of the GM, (..., C, H, W).
+        eps: the per-channel CDFs are clamped to [eps / 2, 1 - eps / 2] before the normal quantile.
+
+    Returns:
+        The noise, (..., C, H, W).
+
+    Raises:
+        ValueError: if ``samples`` is not a floating tensor with the GM's trailing shape (C, H, W).
+    """
     check_tensor("samples", samples, min_dim=3)
     check_same_trailing("samples", samples, gm.event_shape, "the GM's (C, H, W)")
     rotation = _rotation(gm)
@@ -176,14 +217,34 @@ def gm_to_gaussian_kr(gm: GaussianMixture, samples: Tensor, eps: float = 1e-6) -
 
 
 def spectral_coefficients(x: Tensor) -> Tensor:
-    """Real + imaginary part of the orthonormal 2-D FFT over (H, W): a real, orthonormal transform."""
+    """Real + imaginary part of the orthonormal 2-D FFT over (H, W): a real, orthonormal transform.
+
+    Args:
+        x: real tensor (..., H, W).
+
+    Returns:
+        The coefficients, (..., H, W).
+    """
     f = torch.fft.fft2(x, norm="ortho")
     return f.real + f.imag
 
 
 def spectral_noise(log_power: Tensor, generator: Generators = None) -> Tensor:
-    """Gaussian noise (..., C, H, W) whose :func:`spectral_coefficients` are independent with
-    log-variance ``log_power``. With log_power = 0 it is white standard-normal noise."""
+    """Gaussian noise whose :func:`spectral_coefficients` are independent with log-variance ``log_power``.
+
+    With log_power = 0 it is white standard-normal noise.
+
+    Args:
+        log_power: per-frequency log-variance (..., C, H, W).
+        generator: one ``torch.Generator``, one per row of the leading dim, or None.
+
+    Returns:
+        The noise, (..., C, H, W), in the dtype and on the device of ``log_power``.
+
+    Raises:
+        ValueError: if ``log_power`` is not a floating tensor with at least 2 dims, or a list of generators
+            does not have one per row.
+    """
     check_tensor("log_power", log_power, min_dim=2)
     s = randn(log_power.shape, generator, log_power) * torch.exp(0.5 * log_power)
     # F(k) = (S(k) + S(-k))/2 + i (S(k) - S(-k))/2 is Hermitian, so its inverse FFT is real, and
@@ -193,15 +254,43 @@ def spectral_noise(log_power: Tensor, generator: Generators = None) -> Tensor:
 
 
 def spectral_gm_sample(gm: GaussianMixture, log_power: Tensor, generator: Generators = None) -> Tensor:
-    """One GM sample (..., C, H, W) whose pixels are correlated by the power spectrum ``log_power``; the
-    marginal of every pixel is still that pixel's GM."""
+    """One GM sample whose pixels are correlated by the power spectrum ``log_power``.
+
+    The marginal of every pixel is still that pixel's GM.
+
+    Args:
+        gm: the mixture (..., K, C, H, W).
+        log_power: per-frequency log-variance (..., C, H, W) of the noise (:func:`spectral_noise`).
+        generator: one ``torch.Generator``, one per row of the leading dim, or None.
+
+    Returns:
+        The sample, (..., C, H, W).
+
+    Raises:
+        ValueError: if ``log_power`` is invalid, or a list of generators does not have one per row.
+    """
     return gaussian_to_gm_kr(gm, spectral_noise(log_power, generator))
 
 
 def spectral_loss(u_gm: GaussianMixture, u_target: Tensor, log_power: Tensor, weight: float = 1.0) -> Tensor:
-    """Spectral NLL of the target velocity's KR-whitened noise under the predicted spectrum (official loss):
-    mean of 0.5 z^2 (exp(-log_power) - 1) + 0.5 log_power, times C and ``weight``. No gradient flows
-    through the KR map (only into ``log_power``)."""
+    """Spectral NLL of the target velocity's KR-whitened noise under the predicted spectrum (official loss).
+
+    Mean of 0.5 z^2 (exp(-log_power) - 1) + 0.5 log_power, times C and ``weight``, where z are the
+    :func:`spectral_coefficients` of :func:`gm_to_gaussian_kr` (``u_gm``, ``u_target``). No gradient flows
+    through the KR map (only into ``log_power``).
+
+    Args:
+        u_gm: the predicted u-GM (..., K, C, H, W).
+        u_target: the target velocity (..., C, H, W).
+        log_power: the predicted per-frequency log-variance (..., C, H, W).
+        weight: the loss weight.
+
+    Returns:
+        The loss, a 0-d tensor.
+
+    Raises:
+        ValueError: if ``u_target`` is not a floating tensor with the GM's trailing shape (C, H, W).
+    """
     with torch.no_grad():
         z = spectral_coefficients(gm_to_gaussian_kr(u_gm.detach(), u_target.detach()))
     loss = z.square() * (torch.exp(-log_power) - 1) + log_power

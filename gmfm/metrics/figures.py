@@ -28,9 +28,18 @@ def _save(plt, fig, path: str | Path) -> Path:
 
 
 def histogram_image(points: Tensor, extent: float, bins: int | None = None) -> np.ndarray:
-    """A (bins, bins) density image in [0, 1] of 2-D points, y upwards; 1 is three times the mean cell count.
+    """A density image in [0, 1] of 2-D points, y upwards; 1 is three times the mean cell count.
 
-    ``bins`` defaults to sqrt(N / 4), clipped to [32, 200], so that sparse samples still look like a density.
+    Non-finite points are dropped (they still count in N).
+
+    Args:
+        points: point cloud (N, 2).
+        extent: the image covers [-extent, extent]^2.
+        bins: cells per side; defaults to sqrt(N / 4), clipped to [32, 200], so that sparse samples still
+            look like a density.
+
+    Returns:
+        The image, a float64 array (bins, bins), row 0 at the top (largest y).
     """
     x = points.reshape(-1, 2).double().cpu().numpy()
     x = x[np.isfinite(x).all(axis=1)]
@@ -50,7 +59,20 @@ def save_histogram_grid(
     title: str | None = None,
     bins: int | None = None,
 ) -> Path:
-    """Save a grid of histograms: ``cells[row][col]`` is a point cloud (N, 2) or None (left blank)."""
+    """Save a grid of histograms (:func:`histogram_image`) as an image file.
+
+    Args:
+        cells: ``cells[row][col]`` is a point cloud (N, 2) or None (left blank).
+        row_labels: one label per row.
+        col_labels: one label per column (titles of the first row).
+        path: the output file; missing parent folders are created.
+        extent: every histogram covers [-extent, extent]^2.
+        title: optional figure title.
+        bins: cells per side of every histogram (None: the default of :func:`histogram_image`).
+
+    Returns:
+        ``path`` as a Path.
+    """
     plt = _pyplot()
     rows, cols = len(row_labels), len(col_labels)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 2.0 * rows + (0.5 if title else 0.2)),
@@ -82,7 +104,20 @@ def save_metric_plot(
     title: str | None = None,
     log_y: bool = False,
 ) -> Path:
-    """Save a metric-vs-NFE line plot: ``series[name][nfe] = value``; ``floor`` draws the noise floor."""
+    """Save a metric-vs-NFE line plot (log2 x axis) as an image file.
+
+    Args:
+        series: ``series[name][nfe] = value``, one line per name (solid for names starting with "gm",
+            dashed otherwise).
+        path: the output file; missing parent folders are created.
+        ylabel: the y-axis label.
+        floor: if given, drawn as a horizontal line, the data noise floor.
+        title: optional plot title.
+        log_y: whether the y axis is logarithmic.
+
+    Returns:
+        ``path`` as a Path.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in series.items():
@@ -105,7 +140,18 @@ def save_metric_plot(
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int = 10, row_labels: Sequence[str] | None = None,
                     title: str | None = None) -> Path:
-    """Save images (N, 1 or 3, H, W) in [-1, 1] as a grid with ``nrow`` images per row."""
+    """Save images as a grid with ``nrow`` images per row.
+
+    Args:
+        images: (N, 1 or 3, H, W) in [-1, 1] (clamped).
+        path: the output file; missing parent folders are created.
+        nrow: images per row.
+        row_labels: optional labels of the grid rows.
+        title: optional figure title.
+
+    Returns:
+        ``path`` as a Path.
+    """
     plt = _pyplot()
     x = ((images.float().clamp(-1, 1) + 1) / 2).cpu().numpy()
     n = len(x)

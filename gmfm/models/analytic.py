@@ -28,6 +28,10 @@ class AnalyticGMDenoiser(nn.Module):
     Call ``denoiser(x_t, sigma, condition)`` with x_t (B, C, H, W), sigma a number or (B,), and condition
     a LongTensor (B,) of class ids in [0, N) (``None`` needs N = 1). Returns the exact u-GM
     (B, K, C, H, W), the same contract as a trained GMFlow network.
+
+    Raises:
+        ValueError: on construction, if ``means`` is not (N, K, C, H, W) or (K, C, H, W), ``logweights``
+            does not match it, or ``logstd`` is not one finite number.
     """
 
     def __init__(self, means: Tensor, logweights: Tensor, logstd: float | Tensor) -> None:
@@ -47,6 +51,7 @@ class AnalyticGMDenoiser(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """N, the number of classes."""
         return self.means.shape[0]
 
     def _class_index(self, condition: Tensor | None, batch_size: int) -> Tensor:
@@ -63,19 +68,54 @@ class AnalyticGMDenoiser(nn.Module):
         return condition.to(self.means.device).long()
 
     def data_gm(self, condition: Tensor | None = None, batch_size: int = 1) -> GaussianMixture:
-        """The data GM of each requested class, (B, K, C, H, W)."""
-        index = self._class_index(condition, batch_size if condition is None else len(condition))
+        """The data GM of each requested class.
+
+        Args:
+            condition: integer class ids (B,) in [0, N), or None (needs N = 1).
+            batch_size: B; ``condition`` must have B entries.
+
+        Returns:
+            The data GM (B, K, C, H, W).
+
+        Raises:
+            ValueError: if ``condition`` is None with N > 1, or not an integer (B,) tensor of ids in [0, N).
+        """
+        index = self._class_index(condition, batch_size)
         logstds = self.logstd.expand(len(index), 1, 1, 1, 1)
         return GaussianMixture(self.means[index], self.logweights[index], logstds)
 
     def sample_data(
         self, num: int, condition: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """``num`` exact data samples (num, C, H, W) of the given classes (``condition`` shape (num,))."""
+        """Exact data samples of the given classes.
+
+        Args:
+            num: the number of samples.
+            condition: integer class ids (num,) in [0, N), or None (needs N = 1).
+            generator: drives the draws (None: the global generator).
+
+        Returns:
+            The samples (num, C, H, W).
+
+        Raises:
+            ValueError: if ``condition`` is invalid.
+        """
         return gm_sample(self.data_gm(condition, num), generator)
 
     def x0_posterior(self, x_t: Tensor, sigma: object, condition: Tensor | None = None) -> GaussianMixture:
-        """Exact p(x0 | x_t) as an x0-GM (B, K, C, H, W)."""
+        """Exact p(x0 | x_t) as an x0-GM, computed in the dtype of the data GM.
+
+        Args:
+            x_t: noisy samples (B, C, H, W).
+            sigma: their noise level in [0, 1], a number or (B,); clamped at ``EPS``.
+            condition: integer class ids (B,) in [0, N), or None (needs N = 1).
+
+        Returns:
+            The x0-GM (B, K, C, H, W).
+
+        Raises:
+            ValueError: if ``x_t``, ``sigma`` or ``condition`` is invalid.
+        """
         check_tensor("x_t", x_t, min_dim=4)
         data = self.data_gm(condition, x_t.shape[0])
         if tuple(x_t.shape[1:]) != tuple(data.event_shape):
@@ -93,6 +133,18 @@ class AnalyticGMDenoiser(nn.Module):
         return GaussianMixture.trusted(means, logweights, 0.5 * torch.log(post_var))
 
     def forward(self, x_t: Tensor, sigma: object, condition: Tensor | None = None) -> GaussianMixture:
-        """Exact u-GM at (x_t, sigma), (B, K, C, H, W), in the dtype of x_t."""
+        """Exact u-GM at (x_t, sigma), in the dtype of x_t.
+
+        Args:
+            x_t: noisy samples (B, C, H, W).
+            sigma: their noise level in [0, 1], a number or (B,).
+            condition: integer class ids (B,) in [0, N), or None (needs N = 1).
+
+        Returns:
+            The u-GM (B, K, C, H, W).
+
+        Raises:
+            ValueError: if ``x_t``, ``sigma`` or ``condition`` is invalid.
+        """
         gm = x0_to_u(self.x0_posterior(x_t, sigma, condition), x_t.to(self.means.dtype), sigma)
         return gm.to(x_t.dtype)

@@ -41,12 +41,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..guidance import ProbabilisticGuidance
-from ..guidance.base import active_guidance
 from ..math.random import check_generators
 from ..math.validation import check_positive_int
 from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 from ..models.gmflow_model import GMFlowModel
-from ..solvers.gm_solver import concat_conditions, predict_step
+from ..solvers.gm_solver import guided_condition, predict_step
 from ..solvers.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 from ..solvers.second_order import DEFAULT_COEFS, SecondOrderState
 
@@ -274,7 +273,7 @@ class GMDiTPipeline(DiffusionPipeline):
         if isinstance(gm2_correction_steps, bool) or not isinstance(gm2_correction_steps, int) \
                 or gm2_correction_steps < 0:
             raise ValueError(f"gm2_correction_steps must be an integer >= 0, got {gm2_correction_steps!r}")
-        guidance = active_guidance(ProbabilisticGuidance(guidance_scale, orthogonal_guidance))
+        guidance = ProbabilisticGuidance(guidance_scale, orthogonal_guidance)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -295,8 +294,8 @@ class GMDiTPipeline(DiffusionPipeline):
         if len(timesteps) != steps * substeps:
             raise ValueError(f"the scheduler set {len(timesteps)} timesteps for {steps * substeps} steps")
         denoiser = GMFlowModel(self.transformer)
-        null = torch.full_like(labels, self.transformer.null_label)
-        condition = concat_conditions(labels, null) if guidance is not None else labels
+        guidance, condition = guided_condition(guidance, labels, torch.full_like(labels, self.transformer.null_label),
+                                               batch)
         spectrum = self.spectrum_net if output_mode == "sample" else None
         previous: SecondOrderState | None = None
         self._num_timesteps = steps

@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..guidance.base import Guidance, active_guidance, point_prediction_error
+from ..guidance.base import Guidance, point_prediction_error
 from ..math.containers import GaussianMixture
 from ..math.flow import euler_step, sde_step, u_to_x0
 from ..math.gm_ops import gm_mean
 from ..math.random import Generators, check_generators, randn
 from ..math.validation import check_finite, check_positive_int
 from ..models.protocols import Denoiser, VelocityModel
-from .gm_solver import as_images, check_condition_batch, concat_conditions, working_dtype
+from .gm_solver import as_images, guided_condition, working_dtype
 from .timesteps import flow_sigmas
 
 FLOW_SOLVERS = ("euler", "ddpm_small", "ddpm_large", "dpmpp2m", "dpmpp2m_sde", "unipc")
@@ -46,8 +46,17 @@ class FlowSampleOutput:
 
 
 def mean_velocity(denoiser: Denoiser | VelocityModel) -> VelocityModel:
-    """Wrap a denoiser as a velocity model: a returned u-GM becomes its mean (the flow-matching velocity,
-    so GMFlow models run with the baseline solvers too); a returned tensor passes through."""
+    """Wrap a denoiser as a velocity model.
+
+    A returned u-GM becomes its mean (the flow-matching velocity, so GMFlow models run with the baseline
+    solvers too); a returned tensor passes through.
+
+    Args:
+        denoiser: ``(x_t (B, C, H, W), sigma (B,), condition)`` -> u-GM (B, K, C, H, W) or u (B, C, H, W).
+
+    Returns:
+        The velocity model ``(x_t, sigma, condition) -> u (B, C, H, W)``.
+    """
 
     def velocity(x_t: Tensor, sigma: Tensor, condition: Any = None) -> Tensor:
         out = denoiser(x_t, sigma, condition)
@@ -57,7 +66,15 @@ def mean_velocity(denoiser: Denoiser | VelocityModel) -> VelocityModel:
 
 
 def ddpm_large_std(sigma: float, sigma_to: float) -> float:
-    """Std of the 'large variance' DDPM step in flow time (official GMFlowSDE, variance_mode="large")."""
+    """Std of the 'large variance' DDPM step in flow time (official GMFlowSDE, variance_mode="large").
+
+    Args:
+        sigma: the current noise level.
+        sigma_to: the target noise level.
+
+    Returns:
+        The std.
+    """
     alpha, alpha_to = 1 - sigma, 1 - sigma_to
     ratio = (sigma_to / max(sigma, 1e-6)) * (alpha / max(alpha_to, 1e-6))
     sqrt_beta = max(1 - ratio**2, 0.0) ** 0.5 * sigma
@@ -65,9 +82,25 @@ def ddpm_large_std(sigma: float, sigma_to: float) -> float:
 
 
 def ddpm_step(x0: Tensor, x_t: Tensor, sigma: float, sigma_to: float, noise: Tensor, variance: str = "small") -> Tensor:
-    """Ancestral DDPM step from sigma to sigma_to given an x0 prediction: the posterior mean plus
-    ``noise`` (B, C, H, W) times the posterior ("small", the GM-SDE transition) or the prior-matched
-    ("large") std."""
+    """Ancestral DDPM step from sigma to sigma_to given an x0 prediction.
+
+    The posterior mean plus ``noise`` times the posterior ("small", the GM-SDE transition) or the
+    prior-matched ("large", :func:`ddpm_large_std`) std.
+
+    Args:
+        x0: the x0 prediction (B, C, H, W).
+        x_t: current samples (B, C, H, W).
+        sigma: noise level of ``x_t``.
+        sigma_to: the target noise level, <= sigma.
+        noise: standard normal noise (B, C, H, W).
+        variance: "small" or "large".
+
+    Returns:
+        x_to, (B, C, H, W).
+
+    Raises:
+        ValueError: for an unknown ``variance``, sigma_to > sigma, or an invalid tensor or noise level.
+    """
     if variance not in ("small", "large"):
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
     if variance == "small":
@@ -116,15 +149,27 @@ def flow_sample(
     Args:
         model: ``(x_t, sigma (B',), condition) -> u``; under CFG called once per step on [cond; uncond].
         noise: (B, C, H, W), or (B, D) points (the model then sees (B, D, 1, 1)); half precision is promoted
-            to float32. steps: network evaluations >= 1. solver: one of :data:`FLOW_SOLVERS`.
+            to float32.
+        steps: network evaluations, >= 1.
+        solver: one of :data:`FLOW_SOLVERS`.
         shift: time shift of the grid (as for the GM solvers).
-        condition, uncond_condition: passed to the model; under guidance it sees [condition; uncond_condition].
+        condition: passed to the model; under guidance it sees [condition; uncond_condition].
+        uncond_condition: the unconditional condition, required under guidance.
         guidance: a guidance that acts on point predictions (``ClassifierFreeGuidance(scale)``:
             u_uncond + scale (u_cond - u_uncond)); None = unguided.
-        generator: drives the noise of the stochastic solvers.
+        generator: drives the noise of the stochastic solvers: one ``torch.Generator``, one per sample, or
+            None.
+        return_x0: whether to also return the x0 prediction of every evaluation.
+        progress: whether to show a progress bar.
 
     Returns:
-        :class:`FlowSampleOutput` with ``sample`` (B, C, H, W).
+        :class:`FlowSampleOutput` with ``sample`` (B, C, H, W) ((B, D) for points) and, if ``return_x0``,
+        the ``x0_predictions`` in the same shape.
+
+    Raises:
+        ValueError: for invalid or non-finite noise, ``steps`` < 1, an unknown solver, a bad generator list,
+            a guidance that does not guide point predictions, a missing ``uncond_condition`` under guidance,
+            or a tensor condition without one row per sample.
     """
     noise, points = as_images(noise, "noise")
     noise = noise.to(working_dtype(noise.dtype))
@@ -133,15 +178,9 @@ def flow_sample(
     if solver not in FLOW_SOLVERS:
         raise ValueError(f"solver must be one of {FLOW_SOLVERS}, got {solver!r}")
     generator = check_generators(generator, noise.shape[0])
-    guidance = active_guidance(guidance)
-    if guidance is not None and not guidance.guides_point_predictions:
+    if guidance is not None and guidance.needs_uncond and not guidance.guides_point_predictions:
         raise ValueError(point_prediction_error(guidance))
-    if guidance is not None and uncond_condition is None:
-        raise ValueError(f"uncond_condition is required by {guidance}")
-    check_condition_batch("condition", condition, noise.shape[0])
-    if guidance is not None:
-        check_condition_batch("uncond_condition", uncond_condition, noise.shape[0])
-    model_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
+    guidance, model_condition = guided_condition(guidance, condition, uncond_condition, noise.shape[0])
 
     grid = flow_sigmas(steps, shift)
     multistep = solver in ("dpmpp2m", "dpmpp2m_sde", "unipc")

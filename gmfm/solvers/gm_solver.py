@@ -74,6 +74,32 @@ def concat_conditions(cond: Any, uncond: Any) -> Any:
     )
 
 
+def guided_condition(guidance: Guidance | None, condition: Any, uncond_condition: Any,
+                     batch: int) -> tuple[Guidance | None, Any]:
+    """The one place a sampler decides whether the unconditional pass runs.
+
+    Args:
+        guidance: the guidance value or None.
+        condition, uncond_condition: the model's inputs for the B samples (tensors with B rows).
+        batch: B.
+
+    Returns:
+        (the guidance if it needs the unconditional pass, else None; the model's condition: the doubled
+        [condition; uncond_condition] under guidance, else ``condition``).
+
+    Raises:
+        ValueError: the guidance needs ``uncond_condition`` and has none, or a condition has another batch size.
+    """
+    guidance = active_guidance(guidance)
+    check_condition_batch("condition", condition, batch)
+    if guidance is None:
+        return None, condition
+    if uncond_condition is None:
+        raise ValueError(f"uncond_condition is required by {guidance}")
+    check_condition_batch("uncond_condition", uncond_condition, batch)
+    return guidance, concat_conditions(condition, uncond_condition)
+
+
 def _call_denoiser(
     denoiser: Denoiser, x_t: Tensor, sigma: float, condition: Any, step: int, verify: bool
 ) -> GaussianMixture:
@@ -251,13 +277,7 @@ def gmflow_sample(
     if spectrum is not None and method != "sde":
         raise ValueError("spectrum (spectral sampling) applies to method='sde' only")
     generator = check_generators(generator, noise.shape[0])
-    guidance = active_guidance(guidance)
-    if guidance is not None and uncond_condition is None:
-        raise ValueError(f"uncond_condition is required by {guidance}")
-    check_condition_batch("condition", condition, noise.shape[0])
-    if guidance is not None:
-        check_condition_batch("uncond_condition", uncond_condition, noise.shape[0])
-    denoiser_condition = concat_conditions(condition, uncond_condition) if guidance is not None else condition
+    guidance, denoiser_condition = guided_condition(guidance, condition, uncond_condition, noise.shape[0])
 
     sigmas = flow_sigmas(steps * substeps, shift).tolist()
     x = noise

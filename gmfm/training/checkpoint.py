@@ -33,7 +33,14 @@ def _tensor_crc(t: Tensor) -> int:
 
 
 def tensors_checksum(tensors: dict[str, Tensor]) -> str:
-    """CRC-32 over every tensor's name, dtype, shape and bytes, in name order (hex)."""
+    """CRC-32 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Args:
+        tensors: tensors by name.
+
+    Returns:
+        The checksum as 8 hex digits.
+    """
     crc = 0
     for name in sorted(tensors):
         t = tensors[name]
@@ -52,15 +59,32 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
+        """The training step saved in the metadata."""
         return int(self.metadata["step"])
 
     def state_dict(self, prefix: str) -> dict[str, Tensor]:
-        """The tensors under ``prefix/`` (e.g. "model", "ema") with the prefix removed."""
+        """The tensors under ``prefix/`` with the prefix removed.
+
+        Args:
+            prefix: e.g. "model", "ema".
+
+        Returns:
+            The tensors by name (empty if there are none).
+        """
         start = prefix + "/"
         return {k[len(start):]: v for k, v in self.tensors.items() if k.startswith(start)}
 
     def load_into(self, module: nn.Module, prefix: str = "model") -> None:
-        """Load ``prefix/`` weights into ``module``; a ValueError names the file and every mismatch."""
+        """Load ``prefix/`` weights into ``module``.
+
+        Args:
+            module: the module to load into.
+            prefix: "model" or "ema".
+
+        Raises:
+            ValueError: naming the file and every mismatch, if there are no such weights or their names or
+                shapes do not match ``module``'s state dict.
+        """
         state = self.state_dict(prefix)
         if not state:
             raise ValueError(f"checkpoint {self.path} has no '{prefix}' weights")
@@ -82,7 +106,14 @@ class Checkpoint:
         module.load_state_dict(state)
 
     def check_finite(self, prefix: str | None = None) -> None:
-        """Raise ValueError naming the first tensor (under ``prefix/``) holding NaN or inf."""
+        """Check that no floating-point tensor (under ``prefix/``) holds NaN or inf.
+
+        Args:
+            prefix: only check tensors under ``prefix/``; None checks all.
+
+        Raises:
+            ValueError: naming the first tensor holding NaN or inf.
+        """
         for name, t in self.tensors.items():
             if (prefix is None or name.startswith(prefix + "/")) and t.is_floating_point() and \
                     not bool(torch.isfinite(t).all()):
@@ -99,21 +130,26 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files of earlier saves of ``path`` whose writer process is gone."""
+    """Delete temporary files of earlier saves of ``path`` whose writer process is gone.
+
+    Args:
+        path: the checkpoint file; its temporaries are ``.<name>.tmp-<pid>`` in the same folder.
+    """
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
         except ValueError:
-            pid = -1
+            pid = 0  # not a name our saves write: stale
         if pid == os.getpid():
             continue
-        try:
-            os.kill(pid, 0)
-            continue  # its writer still runs
-        except (ProcessLookupError, ValueError, OverflowError):
-            pass
-        except PermissionError:
-            continue
+        if pid > 0:  # (the run folder's lock keeps writers of other hosts out)
+            try:
+                os.kill(pid, 0)
+                continue  # its writer still runs
+            except (ProcessLookupError, OverflowError):
+                pass
+            except PermissionError:
+                continue
         tmp.unlink(missing_ok=True)
 
 
@@ -121,7 +157,19 @@ def save_checkpoint(path: str | Path, model: nn.Module, step: int, *, ema: nn.Mo
                     optimizer: torch.optim.Optimizer | None = None, metadata: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, then rename).
 
-    Raises ValueError (nothing written) if a model or EMA weight is NaN or inf.
+    Args:
+        path: the checkpoint file; missing parent folders are created.
+        model: its state dict is saved under ``model/``.
+        step: the training step.
+        ema: if given, its state dict is saved under ``ema/``.
+        optimizer: if given, its state is saved under ``optimizer/`` and its param groups in the metadata.
+        metadata: extra JSON-serialisable metadata (e.g. ``model``, ``settings``).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: (nothing written) if a model or EMA weight is NaN or inf.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +212,20 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read and verify a checkpoint; FileNotFoundError / ValueError name the file and what is wrong."""
+    """Read and verify a checkpoint (format, metadata, checksum).
+
+    Args:
+        path: the checkpoint file.
+        device: where to put the tensors.
+
+    Returns:
+        The :class:`Checkpoint`.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: naming the file and what is wrong, if it is truncated or corrupt, not a gmfm checkpoint,
+            has invalid metadata, or does not match its checksum.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -189,7 +250,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 
 def load_optimizer_state(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
-    """Restore the optimizer state saved by :func:`save_checkpoint`."""
+    """Restore the optimizer state saved by :func:`save_checkpoint`.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        optimizer: the optimizer to restore, with the same parameter groups.
+
+    Raises:
+        ValueError: if the checkpoint has no optimizer state or its parameter groups have other sizes.
+    """
     groups = checkpoint.metadata.get("optimizer_param_groups")
     if groups is None:
         raise ValueError(f"checkpoint {checkpoint.path} has no optimizer state")
@@ -205,16 +274,38 @@ def load_optimizer_state(checkpoint: Checkpoint, optimizer: torch.optim.Optimize
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the run folder holding ``checkpoint.safetensors``."""
+    """The checkpoint file of a path that is a checkpoint file or a run folder.
+
+    Args:
+        path: a checkpoint file, or the run folder holding ``checkpoint.safetensors``.
+
+    Returns:
+        The file path (not checked to exist).
+    """
     path = Path(path)
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
 def load_trained_model(path: str | Path, build: Callable[[Checkpoint], nn.Module], use_ema: bool = True,
                        device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild a trained model: ``build(checkpoint)`` makes the module from the checkpoint's metadata,
-    then the EMA weights (when present and ``use_ema``) or the raw weights are loaded and checked to be
-    finite. Returns (model in eval mode on ``device``, the checkpoint)."""
+    """Rebuild a trained model from a checkpoint.
+
+    ``build(checkpoint)`` makes the module from the checkpoint's metadata, then the EMA weights (when
+    present and ``use_ema``) or the raw weights are checked to be finite and loaded.
+
+    Args:
+        path: a checkpoint file or a run folder (:func:`resolve_checkpoint`).
+        build: makes the untrained module from the checkpoint.
+        use_ema: whether to prefer the EMA weights.
+        device: where to put the model.
+
+    Returns:
+        (model in eval mode on ``device``, the checkpoint).
+
+    Raises:
+        FileNotFoundError: if the checkpoint does not exist.
+        ValueError: if the checkpoint is invalid, its weights are not finite or do not match the model.
+    """
     ckpt = load_checkpoint(resolve_checkpoint(path))
     model = build(ckpt)
     prefix = "ema" if use_ema and ckpt.state_dict("ema") else "model"

@@ -32,10 +32,17 @@ class RunLock:
     """
 
     def __init__(self, folder: str | Path) -> None:
+        """A lock on the run folder ``folder``, not yet taken (the folder must exist to take it)."""
         self.path = Path(folder) / LOCK_NAME
         self.held = False
 
     def acquire(self) -> None:
+        """Take the lock, or take it over from a dead holder on this host.
+
+        Raises:
+            RunFolderBusyError: naming the holder, if a live process (or one on another host) holds it.
+            PermissionError: if the lock file cannot be written in the folder.
+        """
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         # The lock appears complete or not at all: written to a private file, then hard-linked in place.
         tmp = self.path.with_name(f"{LOCK_NAME}.{me['pid']}")
@@ -71,6 +78,7 @@ class RunLock:
             return None
 
     def release(self) -> None:
+        """Remove the lock file if this lock holds it."""
         if self.held:
             try:
                 self.path.unlink()

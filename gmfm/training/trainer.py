@@ -65,7 +65,15 @@ class TrainResult:
 
 
 def step_generator(seed: int, step: int, stream: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator of iteration ``step`` and ``stream`` (0: data, 1: loss): a fixed function of the three."""
+    """The generator of one iteration's randomness.
+
+    Args:
+        seed: the run's seed; step: the iteration; stream: 0 for the data, 1 for the loss.
+        device: where the generator draws.
+
+    Returns:
+        A generator seeded with a fixed function of (seed, step, stream).
+    """
     g = torch.Generator(device=device)
     return g.manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729 + 12_345) % (2**63 - 1))
 
@@ -156,7 +164,7 @@ def _stop_on_sigterm() -> Iterator[list[bool]]:
 
 
 def settings_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested settings tables."""
+    """Human-readable differences ``"table.key: old -> new"`` between two nested settings tables."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<unset>"), current.get(key, "<unset>")

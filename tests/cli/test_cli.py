@@ -71,3 +71,14 @@ def test_demo_writes_figure_and_tables(tmp_path):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "gmfm", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout
+
+
+def test_version_and_packaged_recipes():
+    import gmfm
+    from gmfm.experiments import config_names
+    from gmfm.experiments.recipe import CONFIG_DIR
+
+    out = subprocess.run([sys.executable, "-m", "gmfm", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"gmfm {gmfm.__version__}"
+    assert CONFIG_DIR.parent.name == "gmfm" and (CONFIG_DIR.parent / "py.typed").exists()  # shipped in the package
+    assert {"mnist_gmflow", "imagenet_gmflow_k8", "checkerboard"} <= set(config_names())

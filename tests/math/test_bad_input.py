@@ -200,3 +200,24 @@ def test_points_without_image_dimensions():
     torch.testing.assert_close(out, gmflow_sample(den, noise[:, :, None, None], 2, method="sde",
                                                   generator=torch.Generator().manual_seed(0)).sample.flatten(1))
     assert flow_sample(mean_velocity(den), noise, 2).sample.shape == (5, 2)
+
+
+def test_the_oracle_checks_the_batch_of_its_condition():
+    den = AnalyticGMDenoiser(torch.randn(2, 3, 2, 1, 1), torch.zeros(2, 3, 1, 1, 1), -1.0)
+    with pytest.raises(ValueError, match=r"condition must have shape \(4,\), got \(1,\)"):
+        den(torch.randn(4, 2, 1, 1), 0.5, torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"condition must have shape \(5,\)"):
+        den.sample_data(5, torch.tensor([0, 1]))
+
+
+def test_batch_draws_take_open_slices_and_refuse_strided_ones():
+    from gmfm.math.random import BatchDraws
+
+    like = torch.empty(())
+    whole = BatchDraws(torch.Generator().manual_seed(0), 6).randn((), like)
+    tail = BatchDraws(torch.Generator().manual_seed(0), 6, slice(4, None)).randn((), like)
+    assert torch.equal(whole[4:], tail)
+    with pytest.raises(ValueError, match="rows must be a contiguous slice"):
+        BatchDraws(None, 6, slice(0, 6, 2))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 6\]"):
+        BatchDraws(None, 6, slice(2, 9))
