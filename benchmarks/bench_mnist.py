@@ -29,7 +29,8 @@ from common import RESULTS_DIR, write_results  # noqa: E402
 from gmfm.data.mnist import load_mnist_splits  # noqa: E402
 from gmfm.experiments import load_recipe, load_run, make_guidance, sample_trained, train_recipe  # noqa: E402
 from gmfm.metrics.figures import _pyplot, _save, save_image_grid  # noqa: E402
-from gmfm.metrics.images import evaluate_images, train_classifier  # noqa: E402
+from gmfm.experiments.images import ClassifierEvaluator  # noqa: E402
+from gmfm.metrics.images import evaluate_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NFES = (4, 8, 16, 32)
@@ -42,6 +43,18 @@ SWEEP_NFE = 16
 
 def name(solver: str, spectral: bool = True) -> str:
     return solver + ("" if spectral or not solver.startswith("gmsde") else "_nospectral")
+
+
+def fd_at_accuracy(rows: list[dict], level: float = 0.95) -> dict:
+    """FD of a guidance sweep interpolated (linearly, between neighbouring scales) where its class accuracy
+    first reaches ``level``; None when the sweep never reaches it."""
+    for a, b in zip(rows, rows[1:]):
+        if a["accuracy"] < level <= b["accuracy"]:
+            t = (level - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
+            return {"reached": True, "fd": a["fd"] + t * (b["fd"] - a["fd"])}
+    if rows and rows[0]["accuracy"] >= level:
+        return {"reached": True, "fd": rows[0]["fd"]}
+    return {"reached": False, "max_accuracy": max(r["accuracy"] for r in rows), "fd": None}
 
 
 def saturation_at_matched_precision(pg: list[dict], cfg: list[dict], points: int = 5) -> dict:
@@ -100,7 +113,8 @@ def main() -> None:
     gm = load_run(work / "gmflow", device=device)
     fm = load_run(work / "fm", device=device)
 
-    classifier = train_classifier(data.train_images, data.train_labels)
+    classifier = ClassifierEvaluator(data.train_images, data.train_labels, data.test_images,
+                                     cache=work / "classifier.pt").classifier
     real_eval = evaluate_images(classifier, data.test_images, data.test_labels, data.test_images)
     floor = evaluate_images(classifier, data.train_images[::4], data.train_labels[::4], data.test_images)
     labels = torch.arange(10).repeat_interleave(args.per_class)
@@ -135,7 +149,12 @@ def main() -> None:
                "fm_best_fd_at_32": best(fm_keys, 32),
                "gmflow_8_beats_fm_8": best(gm_keys, 8) < best(fm_keys, 8),
                "gmflow_8_not_worse_than_fm_32": best(gm_keys, 8) <= best(fm_keys, 32),
+               "gmode2_fd_at_8": results["gmflow_gmode2_8"]["fd"], "gmode2_fd_at_32": results["gmflow_gmode2_32"]["fd"],
+               "gmode2_32_no_worse_than_8": results["gmflow_gmode2_32"]["fd"] <= results["gmflow_gmode2_8"]["fd"],
+               "pg_fd_at_accuracy_0.95": fd_at_accuracy(pg), "cfg_fd_at_accuracy_0.95": fd_at_accuracy(cfg),
                "saturation_at_matched_precision": saturation_at_matched_precision(pg, cfg)}
+    pg95, cfg95 = targets["pg_fd_at_accuracy_0.95"], targets["cfg_fd_at_accuracy_0.95"]
+    targets["pg_no_higher_than_cfg_at_0.95"] = (pg95["reached"] and cfg95["reached"] and pg95["fd"] <= cfg95["fd"])
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))

@@ -3,7 +3,8 @@
     python benchmarks/mnist_latent.py [--work-dir outputs/mnist_latent] [--processes 2]
 
 The paper's setting (a flow model on VAE latents) at a scale that runs on 2 CPU cores:
-1. ``gmfm train-vae --dataset mnist``: a small diffusers AutoencoderKL, 1 x 32 x 32 -> 4 x 8 x 8;
+1. ``gmfm train-vae --dataset mnist --width 16 --iterations 2000``: a small diffusers AutoencoderKL,
+   1 x 32 x 32 -> 4 x 8 x 8;
 2. ``gmfm cache-latents --dataset mnist --flip none`` (digits are not mirror-symmetric);
 3. ``torchrun --nproc_per_node 2 -m gmfm train-images --config mnist_latent_gmflow`` and ``mnist_latent_fm``
    (the same GM-DiT and budget: 3,000 iterations x batch 64);
@@ -54,11 +55,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vae-width", type=int, default=16, help="channels of the VAE's first block")
+    parser.add_argument("--vae-iterations", type=int, default=2000, help="VAE training iterations")
     args = parser.parse_args()
     work = args.work_dir
     vae = work / "vae" / "vae"
     if not (vae / "config.json").exists():
-        gmfm(["train-vae", "--dataset", "mnist", "--out", str(work / "vae"), "--device", args.device])
+        gmfm(["train-vae", "--dataset", "mnist", "--out", str(work / "vae"), "--width", str(args.vae_width),
+              "--iterations", str(args.vae_iterations), "--device", args.device])
     cache = work / "cache"
     if not (cache / "latents.json").exists():
         gmfm(["cache-latents", "--dataset", "mnist", "--vae", str(vae), "--out", str(cache), "--flip", "none",

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..data.registry import dataset_options
 from ..math.validation import check_float_in, check_positive_int
+from ..solvers.second_order import DEFAULT_COEFS
 from ..training.config import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -95,6 +96,8 @@ class SampleConfig:
     nfe: network evaluations. substeps: GM-ODE substeps (None: :func:`gmfm.solvers.default_substeps`).
     guidance_scale, orthogonal_guidance: probabilistic guidance; cfg_scale: vanilla CFG (1 = off).
     spectral: spectral sampling for GM-SDE when the model has a SpectrumMLP. shift: time shift of the grid.
+    gm2_coefs: (ca, cb), the damping of the 2nd-order correction (official (0.005, 1)): ca damps the mean
+        difference by the share of it that is noise.
     """
 
     solver: str | None = None
@@ -105,6 +108,7 @@ class SampleConfig:
     cfg_scale: float = 1.0
     spectral: bool = True
     shift: float = 1.0
+    gm2_coefs: tuple[float, float] = DEFAULT_COEFS
 
     def __post_init__(self) -> None:
         from ..solvers.by_name import SOLVER_NAMES
@@ -119,6 +123,9 @@ class SampleConfig:
         if not isinstance(self.spectral, bool):
             raise ValueError(f"spectral must be true or false, got {self.spectral!r}")
         check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
+        if not isinstance(self.gm2_coefs, (list, tuple)) or len(self.gm2_coefs) != 2:
+            raise ValueError(f"gm2_coefs must be two numbers (ca, cb), got {self.gm2_coefs!r}")
+        object.__setattr__(self, "gm2_coefs", tuple(check_float_in("gm2_coefs", c, 0.0, 1e3) for c in self.gm2_coefs))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
                    labels: Tensor | None = None, num_samples: int | None = None, guidance: Guidance | None = None,
                    substeps: int | None = None, spectral: bool | None = None, seed: int = 0, first_index: int = 0,
                    per_sample_seeds: bool | None = None, batch_size: int = 500, device: str | torch.device = "cpu",
-                   progress: bool = False) -> Tensor:
+                   second_order_coefs: tuple[float, float] | None = None, progress: bool = False) -> Tensor:
     """Samples (N, C, H, W) (2-D points: (N, 2, 1, 1)) of a trained model, on the CPU in float32.
 
     Args:
@@ -65,6 +65,7 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
             ``seed``); ``num_samples`` is N when ``labels`` is None.
         guidance: a :class:`gmfm.guidance.Guidance` (see :func:`make_guidance`); the unconditional rows use
             the model's null label.
+        second_order_coefs: (ca, cb) of the 2nd-order solvers (default: the recipe's ``gm2_coefs``).
         seed, first_index: sample i of the set is drawn from a generator seeded with (seed, first_index + i)
             when ``per_sample_seeds`` (default for images), so a set does not depend on ``batch_size`` or on
             how it is sharded; else one generator per call (fast for 100k 2-D points).
@@ -111,7 +112,7 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
         uncond = torch.full_like(cond, null) if cond is not None else None
         x = sample_with(solver, model, noise.to(device), nfe, substeps=substeps, shift=sample_cfg.shift,
                         condition=cond, uncond_condition=uncond, guidance=guidance, spectrum=spectrum,
-                        generator=draw_with)
+                        second_order_coefs=second_order_coefs or sample_cfg.gm2_coefs, generator=draw_with)
         out.append(x.float().cpu())
     return torch.cat(out)
 

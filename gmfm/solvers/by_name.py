@@ -18,6 +18,7 @@ from ..math.random import Generators
 from ..models.protocols import Denoiser, SpectrumModel, VelocityModel
 from .flow_solvers import FLOW_SOLVERS, flow_sample, mean_velocity
 from .gm_solver import gmflow_sample
+from .second_order import DEFAULT_COEFS
 
 GM_SOLVERS = ("gmsde", "gmsde2", "gmode", "gmode2")
 SOLVER_NAMES = GM_SOLVERS + FLOW_SOLVERS
@@ -50,6 +51,7 @@ def sample_with(
     uncond_condition: Any = None,
     guidance: Guidance | None = None,
     spectrum: SpectrumModel | None = None,
+    second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
     generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
@@ -63,6 +65,8 @@ def sample_with(
         guidance: any :class:`gmfm.guidance.Guidance` (flow solvers accept those that guide point
             predictions, i.e. CFG); ``uncond_condition`` is then required.
         spectrum: turns on spectral sampling for the GM-SDE solvers (ignored by the others).
+        second_order_coefs: (ca, cb) damping of the 2nd-order GM solvers (see
+            :func:`gmfm.solvers.second_order_correction`).
         generator: drives every random draw.
     """
     if solver not in SOLVER_NAMES:
@@ -74,7 +78,8 @@ def sample_with(
         return gmflow_sample(
             model, noise, nfe, method=method, order=2 if solver.endswith("2") else 1, substeps=substeps,
             shift=shift, condition=condition, uncond_condition=uncond_condition, guidance=guidance,
-            spectrum=spectrum if method == "sde" else None, generator=generator, progress=progress,
+            second_order_coefs=second_order_coefs, spectrum=spectrum if method == "sde" else None,
+            generator=generator, progress=progress,
         ).sample
     return flow_sample(
         mean_velocity(model), noise, nfe, solver=solver, shift=shift, condition=condition,

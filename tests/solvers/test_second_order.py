@@ -50,3 +50,36 @@ def test_refinement_steps_move_the_mean_by_the_wanted_shift():
     base = second_order_correction(now, x, 0.6, 0.2, state)
     torch.testing.assert_close(base.gm.means, second_order_correction(now, x, 0.6, 0.2, state,
                                                                       refinement_steps=0).gm.means)
+
+
+def test_fully_damped_correction_is_the_first_order_solver():
+    """ca large enough zeroes the damping, so GM-ODE 2 reduces to GM-ODE 1 on an imperfect model (the exact
+    denoiser needs no correction); the coefficients reach the solver from sample_with and from a recipe's
+    [sample] table."""
+    import dataclasses
+
+    import pytest
+
+    from gmfm.experiments.recipe import SampleConfig
+    from gmfm.solvers import sample_with
+
+    g = torch.Generator().manual_seed(1)
+    oracle = AnalyticGMDenoiser(torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64),
+                                torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64), math.log(0.3))
+
+    class Biased(torch.nn.Module):  # a model error that changes with sigma: the correction has work to do
+        def forward(self, x_t, sigma, condition=None):
+            gm = oracle(x_t, sigma, condition)
+            return dataclasses.replace(gm, means=gm.means + 0.5 * torch.as_tensor(sigma, dtype=x_t.dtype).reshape(-1, 1, 1, 1, 1) ** 2)
+
+    noise = torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64)
+    first = sample_with("gmode", Biased(), noise, 4, substeps=4)
+    damped = sample_with("gmode2", Biased(), noise, 4, substeps=4, second_order_coefs=(1e3, 1.0))
+    default = sample_with("gmode2", Biased(), noise, 4, substeps=4)
+    torch.testing.assert_close(damped, first, rtol=0, atol=1e-5)
+    assert (default - first).abs().max() > 1e-2
+    assert SampleConfig(gm2_coefs=[0, 1]).gm2_coefs == (0.0, 1.0)
+    with pytest.raises(ValueError, match="gm2_coefs must be two numbers"):
+        SampleConfig(gm2_coefs=(0.005,))
+    with pytest.raises(ValueError, match="gm2_coefs"):
+        SampleConfig(gm2_coefs=(-1.0, 1.0))
