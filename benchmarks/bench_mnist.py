@@ -99,19 +99,25 @@ def main() -> None:
     parser.add_argument("--fm-config", default="mnist_fm")
     parser.add_argument("--iterations", type=int, default=None, help="override both configs (for quick runs)")
     parser.add_argument("--per-class", type=int, default=100, help="samples per class and configuration")
+    parser.add_argument("--gm-run", default=None, help="evaluate this trained GMFlow run (e.g. a study variant) "
+                        "instead of training --gm-config")
+    parser.add_argument("--fm-run", default=None, help="evaluate this trained FM run instead of training --fm-config")
     args = parser.parse_args()
     device, work, out = args.device, Path(args.work_dir), Path(args.out)
     data = load_mnist_splits()
 
-    train_seconds = {}
-    for kind, config in (("gmflow", args.gm_config), ("fm", args.fm_config)):
-        recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
-        result = train_recipe(recipe, work / kind, progress=False)
-        train_seconds[kind] = training_time(work / kind / "timing.csv", recipe.train.iterations)
-        train_seconds[kind]["batch_size"] = recipe.train.batch_size
-        print(f"{kind}: trained to {result.step}", flush=True)
-    gm = load_run(work / "gmflow", device=device)
-    fm = load_run(work / "fm", device=device)
+    train_seconds, runs = {}, {}
+    for kind, config, given in (("gmflow", args.gm_config, args.gm_run), ("fm", args.fm_config, args.fm_run)):
+        runs[kind] = Path(given) if given else work / kind
+        if not given:
+            recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
+            result = train_recipe(recipe, runs[kind], progress=False)
+            print(f"{kind}: trained to {result.step}", flush=True)
+        trained = load_run(runs[kind], device="cpu")
+        train_seconds[kind] = training_time(runs[kind] / "timing.csv", trained.recipe.train.iterations)
+        train_seconds[kind]["batch_size"] = trained.recipe.train.batch_size
+    gm = load_run(runs["gmflow"], device=device)
+    fm = load_run(runs["fm"], device=device)
 
     classifier = ClassifierEvaluator(data.train_images, data.train_labels, data.test_images,
                                      cache=work / "classifier.pt").classifier
@@ -197,7 +203,9 @@ def main() -> None:
     payload = {"device": device, "results": results, "targets": targets, "train": train_seconds,
                "floor": floor.as_dict(), "held_out_self": real_eval.as_dict(),
                "settings": {"per_class": args.per_class, "nfes": NFES, "sweep_nfe": SWEEP_NFE,
-                            "gm_config": args.gm_config, "fm_config": args.fm_config}}
+                            "gm_config": args.gm_config, "fm_config": args.fm_config,
+                            "gm_run": str(runs["gmflow"]), "fm_run": str(runs["fm"]),
+                            "gm_recipe": gm.recipe.as_dict(), "fm_recipe": fm.recipe.as_dict()}}
     _, md_path = write_results("mnist", payload, md, out)
     print(md_path.read_text())
 

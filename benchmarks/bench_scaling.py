@@ -39,6 +39,14 @@ def synthetic_cache(folder: Path, count: int = 4096, shape=(4, 32, 32), classes:
     return folder
 
 
+def have_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def measure(config: str, processes: int, threads: int, iterations: int, device: str, batch: int | None,
             data: Path | None, work: Path) -> dict:
     out = work / f"{config}_{processes}x{threads}"
@@ -47,8 +55,8 @@ def measure(config: str, processes: int, threads: int, iterations: int, device: 
     args = [*head, "-m", "gmfm", "train-images", "--config", config, "--out", str(out), "--iterations",
             str(iterations), "--log-every", str(max(1, iterations // 5)), "--checkpoint-every", str(10**9),
             "--device", device, "--no-resume"]
-    if batch:
-        args += ["--batch-size", str(batch)]
+    if batch:  # one micro-batch per process: the step time of the batch itself, without accumulation
+        args += ["--batch-size", str(batch), "--micro-batch-size", str(batch // processes)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if data is not None:
         recipe = out.parent / f"{config}.toml"
@@ -56,9 +64,12 @@ def measure(config: str, processes: int, threads: int, iterations: int, device: 
 
         text = Path(load_recipe(config).source).read_text().replace('path = "data/imagenet/latents"',
                                                                     f'path = "{data}"')
-        recipe.write_text(text.replace('optimizer = "adamw8bit"', 'optimizer = "adamw"') if device == "cpu" else text)
+        recipe.write_text(text if device != "cpu" and have_bitsandbytes() else
+                          text.replace('optimizer = "adamw8bit"', 'optimizer = "adamw"'))
         args[args.index(config)] = str(recipe)
-    subprocess.run(args, check=True, capture_output=True, env=env)
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     with open(out / "timing.csv") as f:
         rows = [float(r["seconds_per_iter"]) for r in csv.DictReader(f)][1:]  # the first window is warm-up
     from gmfm.experiments import load_run

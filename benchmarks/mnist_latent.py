@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vae-width", type=int, default=16, help="channels of the VAE's first block")
     parser.add_argument("--vae-iterations", type=int, default=2000, help="VAE training iterations")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="flow-model iterations (default: the recipes' 3,000; the same for both models)")
     args = parser.parse_args()
     work = args.work_dir
     vae = work / "vae" / "vae"
@@ -70,8 +72,8 @@ def main() -> None:
     tic = {}
     for kind in ("gmflow", "fm"):
         start = time.perf_counter()
-        gmfm(["train-images", "--config", f"mnist_latent_{kind}", "--out", str(work / kind), "--device", args.device],
-             args.processes)
+        gmfm(["train-images", "--config", f"mnist_latent_{kind}", "--out", str(work / kind), "--device", args.device,
+              *(["--iterations", str(args.iterations)] if args.iterations else [])], args.processes)
         tic[kind] = time.perf_counter() - start
 
     data = load_mnist_splits()
@@ -114,7 +116,9 @@ def main() -> None:
     cols = ["fd", "precision", "recall", "accuracy"]
     md = (f"VAE: {vae} (latents {tuple(held.shape[1:])}, scaling factor {scaling:.4f}); its reconstruction floor "
           f"(decoded latents of the held-out digits): FD {floor['fd']:.3f}, accuracy {floor['accuracy']:.3f}. "
-          f"Training: {args.processes} processes (torchrun, gloo), 3,000 iterations x batch 64 each; wall time "
+          f"Training: {args.processes} processes (torchrun, gloo), {runs['gmflow'].recipe.train.iterations:,} iterations x "
+          f"batch {runs['gmflow'].recipe.train.batch_size} each (FM: {runs['fm'].recipe.train.iterations:,}); VAE "
+          f"{args.vae_iterations:,} iterations, width {args.vae_width}; wall time "
           f"GMFlow {tic['gmflow'] / 60:.1f} min, FM {tic['fm'] / 60:.1f} min (0 when resumed complete).\n\n"
           "Best FD per NFE: " + ", ".join(f"NFE {n}: GMFlow {best['gmflow'][n]:.2f} / FM {best['fm'][n]:.2f}"
                                           for n in NFES) +

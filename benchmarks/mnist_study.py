@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "draws8": ("mnist_gmflow", {**BASE, "loss": {"transition_ratio": 0.5, "transition_draws": 8}},
                "8 transition draws"),
     "clip1000": ("mnist_gmflow", {**BASE, "train": {"grad_clip_begin": 1000}}, "gradient clip from 1,000 (official)"),
+    "p2": ("mnist_gmflow", {**BASE, "model": {"num_gaussians": 8, "patch_size": 2}}, "patch 2 (256 tokens)"),
+    "fm_p2": ("mnist_fm", {"model": {"patch_size": 2}}, "flow-matching baseline with patch 2 (not yet run)"),
 }
 NFES = (4, 8, 16, 32)
 SIGMAS = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.97)
@@ -71,16 +73,17 @@ def variant(name: str) -> tuple[str, dict, str]:
     return VARIANTS[name] if name in VARIANTS else combo(name)
 
 
-def recipe_of(name: str, device: str):
+def recipe_of(name: str, device: str, iterations: int | None = None):
     config, overrides, _ = variant(name)
     recipe = load_recipe(config, **overrides)
-    return recipe.with_overrides(train={"device": device})
+    return recipe.with_overrides(train={"device": device, "iterations": iterations})
 
 
 def cmd_train(args) -> None:
     for name in args.variants:
         tic = time.perf_counter()
-        result = train_recipe(recipe_of(name, args.device), args.work_dir / name, progress=args.progress)
+        result = train_recipe(recipe_of(name, args.device, args.iterations), args.work_dir / name,
+                              progress=args.progress)
         print(f"{name}: trained to {result.step} ({time.perf_counter() - tic:.0f} s in this call)", flush=True)
 
 
@@ -92,7 +95,7 @@ def evaluator(args, data) -> ClassifierEvaluator:
 def cmd_evaluate(args) -> None:
     data = load_mnist_splits()
     evaluate = evaluator(args, data)
-    labels = torch.arange(10).repeat_interleave(PER_CLASS)
+    labels = torch.arange(10).repeat_interleave(args.per_class)
     for name in args.variants:
         path = args.work_dir / name / "study_eval.json"
         done = json.loads(path.read_text()) if path.exists() else {"samples": {}}
@@ -100,6 +103,11 @@ def cmd_evaluate(args) -> None:
         if trained.checkpoint.step < trained.recipe.train.iterations:
             print(f"{name}: not trained to the end yet (step {trained.checkpoint.step}); skipped", flush=True)
             continue
+        done["device"] = (torch.cuda.get_device_name(0) if str(args.device).startswith("cuda")
+                          else f"CPU ({args.device})")
+        done["torch"] = torch.__version__
+        done["iterations"], done["batch_size"] = trained.recipe.train.iterations, trained.recipe.train.batch_size
+        done["per_class"] = args.per_class
         if "velocity_error" not in done:
             held = data.test_images[::2], data.test_labels[::2]
             errors = velocity_error_by_sigma(trained, held[0], held[1], SIGMAS)
@@ -118,8 +126,9 @@ def cmd_evaluate(args) -> None:
                 write_json(path, done)
                 print(name, key, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
                 if nfe == 8 and solver == solvers[0]:
-                    grid = x.reshape(10, PER_CLASS, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:])
-                    save_image_grid(grid, args.work_dir / name / "grid_nfe8.png", nrow=10,
+                    shown = min(10, args.per_class)
+                    grid = x.reshape(10, args.per_class, *x.shape[1:])[:, :shown].reshape(-1, *x.shape[1:])
+                    save_image_grid(grid, args.work_dir / name / "grid_nfe8.png", nrow=shown,
                                     row_labels=[str(c) for c in range(10)], title=f"{name}, {solver}, NFE 8")
         write_json(path, done)
 
@@ -152,10 +161,15 @@ def cmd_report(args) -> None:
     fm8 = rows.get("fm", {}).get("best FD @8")
     summary = []
     if fm8 is not None:
-        better = [n for n in names if n != "fm" and rows[n]["best FD @8"] < fm8]
+        better = [n for n in names if not n.startswith("fm") and rows[n]["best FD @8"] < fm8]
         summary.append(f"FM baseline best FD at NFE 8: {fm8:.2f}. GMFlow variants below it: "
                        f"{', '.join(better) if better else 'none'}.")
-    md = ("Budget: 3,800 iterations x batch 64 per model, seed 0, 2 CPU cores. Metrics: 500 samples (50 per "
+    devices = sorted({evals[n].get("device", "CPU") for n in names})
+    per_class = max(evals[n].get("per_class", PER_CLASS) for n in names) if names else PER_CLASS
+    budgets = sorted({f"{evals[n].get('iterations', 3800):,} iterations x batch {evals[n].get('batch_size', 64)}"
+                      for n in names})
+    md = (f"Budget: {', '.join(budgets)} per model, seed 0; trained and sampled on "
+          f"{', '.join(devices)}. Metrics: {10 * per_class} samples ({per_class} per "
           "class) against the 1,000 held-out digits in the features of one small CNN; best solver per NFE "
           f"(GMFlow: {', '.join(GM_SOLVERS)}; FM: {', '.join(FM_SOLVERS)}); v-err = mean squared error of the mean "
           "velocity on 500 held-out digits at that sigma (true labels).\n\n"
@@ -164,7 +178,7 @@ def cmd_report(args) -> None:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n in names:
-        style = "--s" if n == "fm" else "-o"
+        style = "--s" if n.startswith("fm") else "-o"
         ax1.plot(NFES, [rows[n][f"best FD @{nfe}"] for nfe in NFES], style, label=n, markersize=4)
         ve = evals[n].get("velocity_error", {})
         ax2.plot(SIGMAS, [ve.get(str(s), {}).get("cond", float("nan")) for s in SIGMAS], style, label=n,
@@ -176,7 +190,7 @@ def cmd_report(args) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(plt, fig, args.out / "mnist_study.png")
-    write_results("mnist_study", {"device": args.device, "variants": payload, "table": rows,
+    write_results("mnist_study", {"device": args.device, "devices": devices, "variants": payload, "table": rows,
                                   "reproduce": "python benchmarks/mnist_study.py all"}, md, args.out)
     print((args.out / "mnist_study.md").read_text())
 
@@ -190,6 +204,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process")
+    parser.add_argument("--per-class", type=int, default=PER_CLASS, help="evaluation samples per class")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="override the recipes' 3,800 iterations (smoke runs; changes the budget)")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     args = parser.parse_args()
     if args.threads:
