@@ -62,11 +62,11 @@ def main() -> None:
     previous = args.out / "mnist_anomalies.json"
     cached = json.loads(previous.read_text()).get("results", {}) if previous.exists() else {}
     results: dict[str, dict] = {}
-    grids: dict[str, torch.Tensor] = {}
-    shown = ("gm_gmode2_8", "gm_euler_on_mean_16", "fm_euler_16", "gm_gmode2_16_pg0.3", "gm_gmode2_16_cfg3.0")
+    shown = ("gm_gmode2_8", "gm_gmode2_16_pg0.3", "gm_gmode2_16_cfg3.0")
 
     def run(key: str, trained, solver: str, nfe: int, official: bool = False, **kw) -> None:
-        if key in cached and key not in shown:
+        grid_file = args.out / f"mnist_anomalies_{key}.png"
+        if key in cached and (key not in shown or grid_file.exists()):
             results[key] = cached[key]
             return
         tic = time.perf_counter()
@@ -78,23 +78,29 @@ def main() -> None:
         metrics = evaluate(x, labels).as_dict()
         metrics["seconds"] = time.perf_counter() - tic
         results[key] = metrics
-        grids[key] = x
         print(key, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+        if key in shown:
+            grid = x.reshape(10, PER_CLASS, 1, 32, 32)[:, :10].reshape(-1, 1, 32, 32)
+            save_image_grid(grid, grid_file, nrow=10, row_labels=[str(c) for c in range(10)], title=key)
+        cached[key] = metrics  # written after every run: an interrupted rerun starts where this one stopped
+        previous.parent.mkdir(parents=True, exist_ok=True)
+        previous.write_text(json.dumps({"results": cached}, indent=1))
 
     # 1. GM-ODE 2 and the number of steps
-    for nfe in NFES:  # (GM-ODE 1 with 1 substep is Euler on the GM mean: the same samples)
+    for nfe in NFES:  # (GM-ODE 1 with 1 substep is Euler on the GM mean: the same samples; FM improves up to 32)
         run(f"gm_euler_on_mean_{nfe}", gm, "euler", nfe)
         run(f"gm_gmode1_{nfe}", gm, "gmode", nfe)
         run(f"gm_gmode2_1substep_{nfe}", gm, "gmode2", nfe, substeps=1)
         run(f"gm_gmode2_{nfe}", gm, "gmode2", nfe)
         run(f"gm_gmode2_official_floors_{nfe}", gm, "gmode2", nfe, official=True)
         run(f"gm_gmsde2_{nfe}", gm, "gmsde2", nfe)
-        run(f"fm_euler_{nfe}", fm, "euler", nfe)
-        run(f"fm_dpmpp2m_{nfe}", fm, "dpmpp2m", nfe)
+        if nfe <= 32:
+            run(f"fm_euler_{nfe}", fm, "euler", nfe)
+            run(f"fm_dpmpp2m_{nfe}", fm, "dpmpp2m", nfe)
     for ca in (0.0, 0.0005, 0.05, 0.5):  # the damping of the 2nd-order mean difference (official ca = 0.005)
         for nfe in (8, 16, 32):
             run(f"gm_gmode2_{nfe}_ca{ca}", gm, "gmode2", nfe, second_order_coefs=(ca, 1.0))
-    for substeps in (1, 2, 4, 8):
+    for substeps in (2, 8):  # 1: gm_gmode2_1substep_8; the default at NFE 8 (16, the image cap): gm_gmode2_8
         run(f"gm_gmode2_nfe8_substeps{substeps}", gm, "gmode2", 8, substeps=substeps)
     held_x, held_y = data.test_images[::2], data.test_labels[::2]
     velocity = {kind: velocity_error_by_sigma(t, held_x, held_y, SIGMAS) for kind, t in (("gmflow", gm), ("fm", fm))}
@@ -114,10 +120,6 @@ def main() -> None:
 
     spectrum = {kind: high_frequency_power(t, held_x, held_y, args.device) for kind, t in (("gmflow", gm), ("fm", fm))}
 
-    for key in shown:
-        x = grids[key].reshape(10, PER_CLASS, 1, 32, 32)[:, :10].reshape(-1, 1, 32, 32)
-        save_image_grid(x, args.out / f"mnist_anomalies_{key}.png", nrow=10, row_labels=[str(c) for c in range(10)],
-                        title=key)
     cols = ["fd", "precision", "recall", "accuracy", "saturated_fraction_vs_real"]
     md = (f"Runs: {args.work_dir}/gmflow, {args.work_dir}/fm (configs/mnist_*.toml before the study, 3,800 iterations "
           f"each); {PER_CLASS} samples per class, metrics against the 1,000 held-out digits.\n\n"

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..math.gm_ops import gm_mean
 from ..math.containers import GaussianMixture
 from ..metrics.images import ImageMetrics, SmallCNNClassifier, evaluate_images, train_classifier
+from ..models.protocols import null_label
 from .run import TrainedModel
 
 
@@ -55,7 +56,7 @@ def velocity_error_by_sigma(trained: TrainedModel, x0: Tensor, labels: Tensor, s
     """
     model = trained.model
     device = next(model.parameters()).device
-    null = getattr(model, "null_label", trained.num_classes)
+    null = getattr(model, "null_label", null_label(trained.num_classes))
     out: dict[float, dict[str, float]] = {}
     for level in sigmas:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(level * 1e6)))

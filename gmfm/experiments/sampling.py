@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from ..guidance import ClassifierFreeGuidance, Guidance, ProbabilisticGuidance
 from ..math.validation import check_positive_int
+from ..models.protocols import null_label
 from ..solvers.by_name import IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, sample_with
 from .run import TrainedModel
 
@@ -96,7 +97,7 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
     if guidance is not None and guidance.needs_uncond and not trained.num_classes:
         raise ValueError("guidance needs a class-conditional model")
     model = trained.model.to(device)
-    null = getattr(model, "null_label", trained.num_classes)
+    null = getattr(model, "null_label", null_label(trained.num_classes))
     out = []
     starts = range(0, num_samples, batch_size)
     for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="sampling"):

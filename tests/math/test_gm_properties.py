@@ -250,3 +250,11 @@ def test_temperature(gm, t):
     torch.testing.assert_close((2 * hot.logstds).exp(), (2 * gm.logstds).exp() * t)
     torch.testing.assert_close(hot.logweights, torch.log_softmax(gm.logweights / t, dim=1))
     assert_gm_close(gm_temperature(gm, 1.0), gm)
+
+
+def test_repr_is_short_and_names_shapes_dtype_and_device():
+    gm = GaussianMixture(torch.zeros(2, 3, 1, 64, 64), torch.zeros(2, 3, 1, 64, 64), torch.zeros(2, 1, 1, 1, 1))
+    text = repr(gm)
+    assert text == "GaussianMixture(batch_shape=(2,), K=3, event_shape=(1, 64, 64), dtype=torch.float32, device=cpu)"
+    gaussian = IsoGaussian(torch.zeros(2, 1, 64, 64), torch.ones(2, 1, 1, 1))
+    assert len(repr(gaussian)) < 200 and "tensor(" not in repr(gaussian)

@@ -109,6 +109,9 @@ def test_resuming_with_other_settings_lists_the_differences(tmp_path, capsys):
     with pytest.raises(SettingsChangedError):
         train(GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2), GMFlowLoss(), BOARD,
               TrainConfig(iterations=12, batch_size=8), tmp_path, settings={"other": 1}, progress=False)
+    with pytest.raises(SystemExit):  # another seed is another run too
+        main(["train-2d", "--out", str(tmp_path), "--iterations", "12", *TINY, "--seed", "3"])
+    assert "holds a run with other settings: train.seed: 7 -> 3" in capsys.readouterr().err
     main(["train-2d", "--out", str(tmp_path), "--iterations", "12", *TINY, "--seed", "3", "--allow-changed-settings"])
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME).step == 12
 
