@@ -106,18 +106,17 @@ def main() -> None:
     device, work, out = args.device, Path(args.work_dir), Path(args.out)
     data = load_mnist_splits()
 
-    train_seconds, runs = {}, {}
+    train_seconds, runs, trained = {}, {}, {}
     for kind, config, given in (("gmflow", args.gm_config, args.gm_run), ("fm", args.fm_config, args.fm_run)):
         runs[kind] = Path(given) if given else work / kind
         if not given:
             recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
             result = train_recipe(recipe, runs[kind], progress=False)
             print(f"{kind}: trained to {result.step}", flush=True)
-        trained = load_run(runs[kind], device="cpu")
-        train_seconds[kind] = training_time(runs[kind] / "timing.csv", trained.recipe.train.iterations)
-        train_seconds[kind]["batch_size"] = trained.recipe.train.batch_size
-    gm = load_run(runs["gmflow"], device=device)
-    fm = load_run(runs["fm"], device=device)
+        trained[kind] = load_run(runs[kind], device=device)
+        train_seconds[kind] = training_time(runs[kind] / "timing.csv", trained[kind].recipe.train.iterations)
+        train_seconds[kind]["batch_size"] = trained[kind].recipe.train.batch_size
+    gm, fm = trained["gmflow"], trained["fm"]
 
     classifier = ClassifierEvaluator(data.train_images, data.train_labels, data.test_images,
                                      cache=work / "classifier.pt").classifier
