@@ -60,7 +60,7 @@ def train_recipe(recipe: Recipe, out_dir: str | Path | None, *, dataset: Dataset
     loss = build_loss(recipe, dataset.num_classes)
     metadata = {"recipe": recipe.as_dict(), "dataset": _dataset_metadata(dataset),
                 "model": {"class": type(model).__name__}}
-    return train(model, loss, dataset.train, recipe.train, out_dir, spectrum_net=spectrum_net_of(model),
+    return train(model, loss, dataset.train, recipe.train, out_dir,
                  resume=resume, metadata=metadata, settings=recipe.identity(),
                  allow_changed_settings=allow_changed_settings, progress=progress)
 

@@ -52,8 +52,8 @@ class VAELoss:
     def __post_init__(self) -> None:
         check_float_in("kl_weight", self.kl_weight, 0.0, 1e3)
 
-    def __call__(self, model, batch: dict[str, Tensor], draws: BatchDraws | torch.Generator | None = None,
-                 spectrum_net=None) -> LossOutput:
+    def __call__(self, model, batch: dict[str, Tensor], draws: BatchDraws | torch.Generator | None = None
+                 ) -> LossOutput:
         x, _ = check_batch(batch)
         draws = BatchDraws.of(draws, x.shape[0])
         posterior = model.encode(x).latent_dist

@@ -1,13 +1,15 @@
 """Training losses: the GMFlow transition loss (GM NLL at ratio 1) and plain flow matching (L2).
 
-A loss is called as ``loss(model, batch, draws, spectrum_net=None) -> LossOutput``:
+A loss is called as ``loss(model, batch, draws) -> LossOutput``:
 
 - ``model``: a :class:`gmfm.models.Denoiser` ``(x_t, sigma, labels) -> u-GM`` (for
   :class:`FlowMatchingLoss` a velocity model returning u (B, C, H, W) also works);
 - ``batch``: a dict with ``x0`` (B, C, H, W) and, for conditional models, ``labels`` (B,) int64;
 - ``draws``: the randomness (noise level, noise, label dropout): a :class:`gmfm.math.random.BatchDraws`
   (one slice of a global batch: distributed training), a ``torch.Generator`` or None;
-- ``spectrum_net``: the :class:`gmfm.models.SpectrumModel` trained beside a GMFlow model (spectral loss).
+
+A GMFlow model that carries a ``spectrum_net`` (:class:`gmfm.models.SpectrumModel`, e.g.
+:class:`gmfm.models.GMFlowModel`) has it trained by the spectral loss of :class:`GMFlowLoss`.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ class Loss(Protocol):
     """The training-loss contract (see the module docstring)."""
 
     def __call__(self, model: Denoiser | VelocityModel, batch: dict[str, Tensor],
-                 draws: BatchDraws | torch.Generator | None = None,
-                 spectrum_net: SpectrumModel | None = None) -> LossOutput: ...
+                 draws: BatchDraws | torch.Generator | None = None) -> LossOutput: ...
 
 
 def drop_labels(labels: Tensor | None, probability: float, null_label: int | None,
@@ -100,8 +101,8 @@ class GMFlowLoss:
         network output are averaged: the same expectation as the official loss (M = 1) with less variance,
         at the same network cost (beyond the paper).
     label_dropout: probability of replacing a label by ``null_label`` (class-conditional training).
-    spectral_weight: > 0 adds the spectral loss (paper App. A.3) of the ``spectrum_net`` passed to the
-        call, which sees the network's moment-matched x0 Gaussian (no gradient into the network from it).
+    spectral_weight: > 0 adds the spectral loss (paper App. A.3) of the model's ``spectrum_net`` (when it
+        has one), which sees the network's moment-matched x0 Gaussian (no gradient into the network from it).
     """
 
     transition_ratio: float = 0.9
@@ -119,9 +120,10 @@ class GMFlowLoss:
         check_float_in("spectral_weight", self.spectral_weight, 0.0, 1e6)
         _check_label_dropout(self.label_dropout, self.null_label)
 
-    def __call__(self, model: Denoiser, batch: dict[str, Tensor], draws: BatchDraws | torch.Generator | None = None,
-                 spectrum_net: SpectrumModel | None = None) -> LossOutput:
+    def __call__(self, model: Denoiser, batch: dict[str, Tensor],
+                 draws: BatchDraws | torch.Generator | None = None) -> LossOutput:
         x0, labels = check_batch(batch)
+        spectrum_net: SpectrumModel | None = getattr(model, "spectrum_net", None)
         n = x0.shape[0]
         draws = BatchDraws.of(draws, n)
         sigma_high = _device_tensor(self.time_sampler(draws), x0).clamp(min=MIN_SIGMA, max=1.0)
@@ -171,8 +173,7 @@ class FlowMatchingLoss:
         _check_label_dropout(self.label_dropout, self.null_label)
 
     def __call__(self, model: Denoiser | VelocityModel, batch: dict[str, Tensor],
-                 draws: BatchDraws | torch.Generator | None = None,
-                 spectrum_net: SpectrumModel | None = None) -> LossOutput:
+                 draws: BatchDraws | torch.Generator | None = None) -> LossOutput:
         x0, labels = check_batch(batch)
         draws = BatchDraws.of(draws, x0.shape[0])
         sigma = _device_tensor(self.time_sampler(draws), x0)

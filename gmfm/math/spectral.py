@@ -65,7 +65,8 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
     false-position step kept at least 1/8 of the bracket from its ends (plain bisection until both ends have
     been evaluated), so the bracket always shrinks. An element stops when its step is below 100 machine
     epsilons of the component std (or after ``steps`` iterations); only the elements still moving are
-    evaluated, since most converge in a few steps and a few need many.
+    evaluated, since most converge in a few steps and a few need many. A converged element keeps its value,
+    so each result depends on its own mixture only (not on the batch).
 
     Args:
         means: component means (..., K, H, W).
@@ -101,6 +102,9 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
     xa, lo, hi, u, tol = (t.reshape(-1) for t in (x, lo, hi, u.expand(shape), tol.expand(shape)))
     f_lo = torch.full_like(xa, float("nan"))  # F - u at the bracket ends, once evaluated there
     f_hi = f_lo
+    # An element that has converged keeps its value while the others go on: every element's result is
+    # then a function of its own mixture only, not of the batch it is solved in.
+    active = torch.ones_like(xa, dtype=torch.bool)
     for _ in range(steps):
         cdf, pdf = _mixture_cdf_pdf(m, inv_s, w, xa, dim=-1)  # rows: reducing the last dim is fast
         f = cdf - u
@@ -113,15 +117,16 @@ def gm1d_inverse_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, u: Tens
         secant = lo + width * (-f_lo / (f_hi - f_lo)).clamp(0.125, 0.875)
         x_next = torch.where(inside, newton, torch.where(torch.isfinite(secant), secant, lo + 0.5 * width))
         moving = (x_next - xa).abs() > tol
-        xa = x_next
-        n_moving = int(moving.sum())
+        xa = torch.where(active, x_next, xa)
+        active = active & moving
+        n_moving = int(active.sum())
         if n_moving == 0:
             break
         if n_moving < 0.75 * xa.numel():
-            out[idx[~moving]] = xa[~moving]
-            keep = moving.nonzero().squeeze(-1)
-            idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi = (
-                t[keep] for t in (idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi))
+            out[idx[~active]] = xa[~active]
+            keep = active.nonzero().squeeze(-1)
+            idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi, active = (
+                t[keep] for t in (idx, m, inv_s, w, xa, lo, hi, u, tol, f_lo, f_hi, active))
     out[idx] = xa
     return out.reshape(shape)
 

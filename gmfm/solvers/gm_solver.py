@@ -11,6 +11,7 @@ called ONCE per step on a doubled batch: rows [0, B) hold the conditional inputs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -225,6 +226,7 @@ def gmflow_sample(
     order: int = 1,
     substeps: int = 1,
     shift: float = 1.0,
+    sigmas: Sequence[float] | Tensor | None = None,
     condition: Any = None,
     uncond_condition: Any = None,
     guidance: Guidance | None = None,
@@ -249,6 +251,9 @@ def gmflow_sample(
             GM re-conditioned on the current (x, sigma); GM-SDE substeps sample from that GM (exact for an
             exact GM; the official code allows only n = 1 for GM-SDE).
         shift: time shift of the grid (see :func:`flow_sigmas`).
+        sigmas: an explicit grid instead of ``flow_sigmas(steps * substeps, shift)``: ``steps * substeps + 1``
+            decreasing noise levels in [0, 1] (e.g. a diffusers scheduler's ``sigmas``, whose float32 values
+            differ from the float64 default grid by rounding).
         condition: passed to the denoiser (e.g. class ids (B,)).
         uncond_condition: the unconditional input; under guidance the denoiser sees
             [condition; uncond_condition] (see :func:`concat_conditions`).
@@ -279,7 +284,7 @@ def gmflow_sample(
     generator = check_generators(generator, noise.shape[0])
     guidance, denoiser_condition = guided_condition(guidance, condition, uncond_condition, noise.shape[0])
 
-    sigmas = flow_sigmas(steps * substeps, shift).tolist()
+    sigmas = flow_sigmas(steps * substeps, shift).tolist() if sigmas is None else _check_grid(sigmas, steps * substeps)
     x = noise
     previous: SecondOrderState | None = None
     records: list[GMFlowStep] = []
@@ -304,6 +309,15 @@ def gmflow_sample(
             x = x_next
 
     return GMFlowSampleOutput(x.flatten(1) if points else x, records if return_steps else None)
+
+
+def _check_grid(sigmas: Sequence[float] | Tensor, num_steps: int) -> list[float]:
+    values = [float(v) for v in (sigmas.tolist() if isinstance(sigmas, Tensor) else sigmas)]
+    if len(values) != num_steps + 1:
+        raise ValueError(f"sigmas must hold steps * substeps + 1 = {num_steps + 1} noise levels, got {len(values)}")
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values) or any(a <= b for a, b in zip(values, values[1:])):
+        raise ValueError(f"sigmas must decrease strictly within [0, 1], got {values}")
+    return values
 
 
 def check_condition_batch(name: str, condition: Any, batch: int) -> None:

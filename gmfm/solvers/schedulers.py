@@ -22,6 +22,7 @@ the posterior one, "large": the prior-matched one), as the official scheduler.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,18 @@ class _OfficialGridScheduler(FlowMatchEulerDiscreteScheduler):
     def compatibles(self) -> list[type]:
         """The schedulers a GMDiTPipeline can swap in with ``from_config(scheduler.config)``."""
         return [FlowEulerODEScheduler, GMFlowSDEScheduler]
+
+    def _init_flow_match(self, num_train_timesteps: int, shift: float) -> None:
+        """FlowMatchEulerDiscreteScheduler's state, its other options at their defaults.
+
+        Its ``__init__`` is called undecorated: the decorated one would record those options as
+        ``_use_default_values``, which a saved and reloaded config then no longer has (diffusers'
+        ``test_from_pretrained``). They are registered here as plain keys (its methods read them)."""
+        parent_init = FlowMatchEulerDiscreteScheduler.__init__.__wrapped__
+        defaults = {name: p.default for name, p in inspect.signature(parent_init).parameters.items()
+                    if name not in ("self", "num_train_timesteps", "shift")}
+        self.register_to_config(**defaults)
+        parent_init(self, num_train_timesteps=num_train_timesteps, shift=shift)
 
     def set_timesteps(
         self,
@@ -149,7 +162,7 @@ class FlowEulerODEScheduler(_OfficialGridScheduler):
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0) -> None:
-        super().__init__(num_train_timesteps=num_train_timesteps, shift=shift)
+        self._init_flow_match(num_train_timesteps, shift)
 
     def step(
         self,
@@ -202,7 +215,7 @@ class GMFlowSDEScheduler(_OfficialGridScheduler):
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if variance_mode not in VARIANCE_MODES:
             raise ValueError(f"variance_mode must be one of {VARIANCE_MODES}, got {variance_mode!r}")
-        super().__init__(num_train_timesteps=num_train_timesteps, shift=shift)
+        self._init_flow_match(num_train_timesteps, shift)
 
     @property
     def variance(self) -> str:

@@ -9,6 +9,7 @@ from .checkpoint import (
     load_trained_model,
     resolve_checkpoint,
     save_checkpoint,
+    weights_relative_difference,
 )
 from .config import TrainConfig
 from .distributed import Distributed, setup_distributed, teardown_distributed
@@ -48,4 +49,5 @@ __all__ = [
     "load_optimizer_state",
     "load_trained_model",
     "resolve_checkpoint",
+    "weights_relative_difference",
 ]

@@ -11,6 +11,7 @@ names the file in every error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections.abc import Callable
@@ -312,3 +313,30 @@ def load_trained_model(path: str | Path, build: Callable[[Checkpoint], nn.Module
     ckpt.check_finite(prefix)
     ckpt.load_into(model, prefix)
     return model.to(device).eval(), ckpt
+
+
+def weights_relative_difference(a: str | Path, b: str | Path, prefixes: tuple[str, ...] = ("model", "ema")) -> float:
+    """Relative L2 distance ||w_a - w_b|| / ||w_a|| of two checkpoints' weights, all tensors together.
+
+    One global norm, not a per-tensor maximum: a tensor whose gradient is zero in exact arithmetic (e.g.
+    attention key biases) holds only rounding noise, which Adam turns into full-size steps, so its own
+    relative difference says nothing about the run. (Used to check that N processes give the weights of
+    one.)
+
+    Args:
+        a, b: checkpoint files or run folders (:func:`resolve_checkpoint`) of the same model.
+        prefixes: which weight groups to compare ("model", "ema").
+
+    Returns:
+        The relative distance (0 for equal weights).
+
+    Raises:
+        ValueError: if the two checkpoints do not hold the same tensors.
+    """
+    wa, wb = (load_checkpoint(resolve_checkpoint(p)) for p in (a, b))
+    names = sorted(k for k in wa.tensors if k.split("/", 1)[0] in prefixes)
+    if names != sorted(k for k in wb.tensors if k.split("/", 1)[0] in prefixes):
+        raise ValueError(f"{wa.path} and {wb.path} do not hold the same weights")
+    diff = sum(float((wa.tensors[k].double() - wb.tensors[k].double()).square().sum()) for k in names)
+    norm = sum(float(wa.tensors[k].double().square().sum()) for k in names)
+    return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)

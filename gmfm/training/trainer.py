@@ -99,14 +99,13 @@ class LossModule(nn.Module):
     """The model and its loss as one module (what DistributedDataParallel wraps):
     ``forward(batch, draws) -> LossOutput``."""
 
-    def __init__(self, model: nn.Module, loss: Loss, spectrum_net: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, loss: Loss) -> None:
         super().__init__()
         self.model = model
-        self.spectrum_net = spectrum_net
         self.loss = loss
 
     def forward(self, batch: dict[str, Tensor], draws: BatchDraws) -> LossOutput:
-        return self.loss(self.model, batch, draws, spectrum_net=self.spectrum_net)
+        return self.loss(self.model, batch, draws)
 
 
 class _CsvLog:
@@ -207,7 +206,6 @@ def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
     *,
-    spectrum_net: nn.Module | None = None,
     resume: bool = True,
     metadata: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
@@ -217,17 +215,20 @@ def train(
     """Train ``model`` for ``config.iterations`` iterations, under torchrun on every process.
 
     Args:
-        model: any module; ``loss(model, batch, draws, spectrum_net=spectrum_net)`` returns a LossOutput.
+        model: any module; ``loss(model, batch, draws)`` returns a LossOutput. Parts the loss trains beside
+            the network (GMFlow's ``model.spectrum_net``) are submodules of ``model``.
         loss: see :class:`gmfm.losses.Loss`.
         data: draws each iteration's batch (:class:`gmfm.data.TrainingData`).
         config: :class:`TrainConfig`; ``batch_size`` is the global batch.
-        out_dir: where ``checkpoint.safetensors`` and ``log.csv`` go (None: nothing is written). The folder
-            is locked for the duration of the run.
-        spectrum_net: a submodule of ``model`` that the loss trains beside it (GMFlow's SpectrumMLP).
+        out_dir: where ``checkpoint.safetensors``, ``log.csv`` and ``timing.csv`` go (None: nothing is
+            written). The folder is locked for the duration of the run.
         resume: continue from ``out_dir/checkpoint.safetensors`` when it exists.
         metadata: JSON-able description stored in the checkpoint (how to rebuild the model).
         settings: what defines the run (stored; a resume with other settings raises
             :class:`SettingsChangedError` listing the differences, unless ``allow_changed_settings``).
+
+    Returns:
+        :class:`TrainResult` (on every process; ``rank`` says which).
 
     Raises:
         NonFiniteLossError: the loss or gradient norm became NaN/inf; the message names the last
@@ -245,152 +246,198 @@ def train(
         except OSError as err:
             raise PermissionError(f"cannot create the run folder {out}: {err.strerror or err}") from None
     with lock if lock is not None else nullcontext():
-        return _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, metadata or {},
-                      settings or {}, allow_changed_settings, progress)
+        run = TrainingRun(model, loss, data, config, out, dist, rows, metadata or {}, settings or {})
+        if resume:
+            run.resume(allow_changed_settings)
+        return run.loop(progress)
 
 
-def _train(model, loss, data, config, out, dist, rows, spectrum_net, resume, metadata, settings,
-           allow_changed_settings, progress) -> TrainResult:
-    device = dist.device
-    model.to(device).train()
-    if config.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
-    optimizer = make_optimizer(model, config)
-    ema = EMA(model) if config.ema != "none" else None
-    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
-    start, last_good = 0, None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+@dataclass(frozen=True)
+class StepStats:
+    """One iteration's figures, averaged over every process and micro-batch: ``loss`` and the loss's other
+    logs (e.g. ``logstd``, ``spectral``), and whether any process was asked to stop."""
+
+    loss: float
+    logs: dict[str, float]
+    stop: bool
+
+
+class TrainingRun:
+    """The state of one training run and its steps: :meth:`resume`, :meth:`compute` (forward and backward
+    of this process's share), :meth:`update` (clip, optimizer, EMA), :meth:`log`, :meth:`checkpoint` and
+    :meth:`final_check`; :meth:`loop` runs them. Every figure it logs is reduced over the processes, so
+    ``log.csv`` is the same for 1 or N processes."""
+
+    def __init__(self, model: nn.Module, loss: Loss, data: TrainingData, config: TrainConfig, out: Path | None,
+                 dist: Distributed, rows: list[slice], metadata: dict[str, Any], settings: dict[str, Any]) -> None:
+        self.config, self.data, self.dist, self.rows, self.settings = config, data, dist, rows, settings
+        self.model = model.to(dist.device).train()
+        if config.gradient_checkpointing:
+            _enable_gradient_checkpointing(model)
+        self.optimizer = make_optimizer(model, config)
+        self.ema = EMA(model) if config.ema != "none" else None
+        if self.ema is not None:
+            self.ema.model.to(dist.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.module: nn.Module = LossModule(model, loss)
+        if dist.active:
+            self.module = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        self.autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if config.mixed_precision == "bf16"
+                         else nullcontext())
+        self.out = out
+        self.ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+        self.metadata = {**metadata, "train_config": asdict(config), "settings": settings}
+        self.start = 0
+        self.result = TrainResult(model, self.ema.model if self.ema else None, 0, None, rank=dist.rank)
+        self._logs: tuple[_CsvLog, _CsvLog] | None = None
+        self._writer = None
+
+    # ----- the steps -----------------------------------------------------------------------------------------
+    def resume(self, allow_changed_settings: bool = False) -> None:
+        """Continue from the run folder's checkpoint, if there is one (settings must match)."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return
+        ckpt = load_checkpoint(self.ckpt_path)
         saved = ckpt.metadata.get("settings", {})
-        changes = settings_differences(saved, settings) if saved else []
+        changes = settings_differences(saved, self.settings) if saved else []
         if changes and not allow_changed_settings:
             raise SettingsChangedError(
-                f"{out} holds a run with other settings: " + "; ".join(changes)
+                f"{self.out} holds a run with other settings: " + "; ".join(changes)
                 + " (resume with the original settings, start a new --out, or allow the change explicitly)")
-        ckpt.load_into(model, "model")
-        if ema is not None:
-            ckpt.load_into(ema.model, "ema")
-        load_optimizer_state(ckpt, optimizer)
-        start, last_good = ckpt.step, ckpt_path
-    if ema is not None:
-        ema.model.to(device)
-    log = timing = writer = None
-    if out is not None and dist.is_main:
-        log = _CsvLog(out / "log.csv", start)  # deterministic: equal for equal runs, resumed or not
-        timing = _CsvLog(out / "timing.csv", start)  # wall-clock, apart
-        writer = _tensorboard(out, config.tensorboard)
-    meta = {**metadata, "train_config": asdict(config), "settings": settings}
-    result = TrainResult(model, ema.model if ema else None, start, last_good, rank=dist.rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    module: nn.Module = LossModule(model, loss, spectrum_net)
-    if dist.active:
-        module = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.mixed_precision == "bf16"
-                else nullcontext())
+        ckpt.load_into(self.model, "model")
+        if self.ema is not None:
+            ckpt.load_into(self.ema.model, "ema")
+        load_optimizer_state(ckpt, self.optimizer)
+        self.start = self.result.step = ckpt.step
+        self.result.checkpoint = self.ckpt_path
 
-    def micro_batches(step: int, grad: bool) -> tuple[float, dict[str, float]]:
-        """Forward (and backward) of this process's share of iteration ``step``; the loss averaged over
-        every process, and the logs of this process."""
-        total, logs = torch.zeros((), dtype=torch.float64, device=device), {}
-        for i, part in enumerate(rows):
-            batch = data.batch(config.batch_size, step_generator(config.seed, step, 0), part)
+    def compute(self, step: int, grad: bool = True, stop: bool = False) -> StepStats:
+        """Forward (and backward) of this process's micro-batches of iteration ``step``; the loss and logs
+        averaged over all processes (one collective), and whether any process asked to stop."""
+        cfg, device = self.config, self.dist.device
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        logs: dict[str, Tensor] = {}
+        for i, part in enumerate(self.rows):
+            batch = self.data.batch(cfg.batch_size, step_generator(cfg.seed, step, 0), part)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            draws = BatchDraws(step_generator(config.seed, step, 1), config.batch_size, part)
-            last = i == len(rows) - 1
-            sync = module.no_sync() if (dist.active and grad and not last) else nullcontext()
+            draws = BatchDraws(step_generator(cfg.seed, step, 1), cfg.batch_size, part)
+            last = i == len(self.rows) - 1
+            sync = self.module.no_sync() if (self.dist.active and grad and not last) else nullcontext()
             with sync, torch.set_grad_enabled(grad):
-                with autocast:
-                    output = module(batch, draws)
-                scaled = output.loss * (1.0 / len(rows))
+                with self.autocast:
+                    output = self.module(batch, draws)
+                scaled = output.loss * (1.0 / len(self.rows))
                 if grad:
                     scaled.backward()
             total = total + scaled.detach().double()
-            logs = {k: float(v) for k, v in output.logs.items() if k != "loss"}
-        return total, logs
-
-    def finite_everywhere(total: Tensor, stop: bool) -> tuple[float, bool]:
-        """The loss averaged over the processes, and whether any of them was asked to stop."""
-        stats = torch.stack([total, torch.tensor(float(stop), dtype=torch.float64, device=total.device)])
+            for key, value in output.logs.items():
+                if key != "loss":
+                    logs[key] = logs.get(key, 0.0) + value.detach().double() / len(self.rows)
+        names = sorted(logs)
+        stats = torch.stack([total, torch.tensor(float(stop), dtype=torch.float64, device=device),
+                             *(logs[k].to(device) for k in names)])
         try:
-            stats = dist.all_sum(stats)
+            stats = self.dist.all_sum(stats)
         except RuntimeError as err:  # a peer died: say so in one line instead of a collective's traceback
-            raise RuntimeError(f"process {dist.rank} lost the other processes of the run (one of them stopped or "
-                               f"died; see its output): {str(err).splitlines()[0]}") from err
-        return float(stats[0]) / dist.world_size, bool(stats[1] > 0)
+            raise RuntimeError(f"process {self.dist.rank} lost the other processes of the run (one of them stopped "
+                               f"or died; see its output): {str(err).splitlines()[0]}") from err
+        n = self.dist.world_size
+        return StepStats(float(stats[0]) / n, {k: float(v) / n for k, v in zip(names, stats[2:])}, bool(stats[1] > 0))
 
-    def checkpoint(step: int) -> None:
-        if ckpt_path is not None and dist.is_main:
-            save_checkpoint(ckpt_path, model, step, ema=ema.model if ema else None, optimizer=optimizer,
-                            metadata=meta)
-        dist.barrier()
-        result.checkpoint = ckpt_path
+    def update(self, step: int) -> float:
+        """Clip the gradients, take the optimizer step and update the EMA; the gradient norm."""
+        cfg = self.config
+        clip = cfg.grad_clip if (cfg.grad_clip is not None and step >= cfg.grad_clip_begin) else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(self._stop_message("gradient norm", grad_norm, step))
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, cfg.ema_beta(step))
+        return grad_norm
 
-    def stop_message(what: str, value: float, step: int) -> str:
-        if result.checkpoint is not None:
-            kept = f"the last checkpoint verified to be finite and loadable is {result.checkpoint} (iteration " \
-                   f"{_step_of(result.checkpoint)})"
+    def log(self, done: int, losses: list[float], grad_norm: float, logs: dict[str, float], seconds: float) -> dict:
+        """Write one row of ``log.csv`` (deterministic) and ``timing.csv`` (wall clock), rank 0 only."""
+        row = {"step": done, "loss": sum(losses) / len(losses), "lr": self.config.lr_at(done - 1),
+               "grad_norm": grad_norm, **logs}
+        if not self.dist.is_main:
+            return row
+        if self._logs is not None:
+            self._logs[0].write(row)
+            self._logs[1].write({"step": done, "seconds_per_iter": seconds, "processes": self.dist.world_size})
+        if self._writer is not None:
+            for key, value in {**row, "seconds_per_iter": seconds}.items():
+                if key != "step":
+                    self._writer.add_scalar(key, value, done)
+        return row
+
+    def checkpoint(self, step: int) -> None:
+        """Save (rank 0) the weights that gave iteration ``step`` a finite loss; every process waits."""
+        if self.ckpt_path is not None and self.dist.is_main:
+            save_checkpoint(self.ckpt_path, self.model, step, ema=self.ema.model if self.ema else None,
+                            optimizer=self.optimizer, metadata=self.metadata)
+        self.dist.barrier()
+        self.result.checkpoint = self.ckpt_path
+
+    def final_check(self) -> None:
+        """Verify the final weights with the next iteration's loss, then write the last checkpoint."""
+        if self.result.step > self.start or (self.ckpt_path is not None and not self.ckpt_path.exists()):
+            with torch.no_grad():
+                stats = self.compute(self.config.iterations, grad=False)
+            if not math.isfinite(stats.loss):
+                raise NonFiniteLossError(self._stop_message("loss", stats.loss, self.config.iterations))
+            self.checkpoint(self.config.iterations)
+
+    # ----- the loop -------------------------------------------------------------------------------------------
+    def loop(self, progress: bool = True) -> TrainResult:
+        """Iterations ``start`` .. ``config.iterations`` (a checkpoint every ``checkpoint_every``, a log row
+        every ``log_every``); SIGTERM checkpoints and returns at the next iteration."""
+        cfg, result = self.config, self.result
+        if self.out is not None and self.dist.is_main:  # rows after the checkpoint's step are dropped: rerun
+            self._logs = (_CsvLog(self.out / "log.csv", self.start), _CsvLog(self.out / "timing.csv", self.start))
+            self._writer = _tensorboard(self.out, cfg.tensorboard)
+        window: list[float] = []
+        tic = time.perf_counter()
+        bar = tqdm(range(self.start, cfg.iterations), initial=self.start, total=cfg.iterations,
+                   disable=not (progress and self.dist.is_main), desc="training", dynamic_ncols=True)
+        try:
+            with _stop_on_sigterm() as sigterm:
+                for step in bar:
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.lr_at(step)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    stats = self.compute(step, grad=True, stop=sigterm[0])
+                    if not math.isfinite(stats.loss):
+                        raise NonFiniteLossError(self._stop_message("loss", stats.loss, step))
+                    # the weights of iteration `step` gave a finite loss: they may be checkpointed
+                    if step > self.start and (step % cfg.checkpoint_every == 0 or stats.stop):
+                        self.checkpoint(step)
+                    if stats.stop:
+                        result.stopped_early = True
+                        return result
+                    grad_norm = self.update(step)
+                    done = step + 1
+                    result.losses[step], result.step = stats.loss, done
+                    window.append(stats.loss)
+                    if done % cfg.log_every == 0 or done == cfg.iterations:
+                        row = self.log(done, window, grad_norm, stats.logs, (time.perf_counter() - tic) / len(window))
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                        window, tic = [], time.perf_counter()
+            self.final_check()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        return result
+
+    def _stop_message(self, what: str, value: float, step: int) -> str:
+        if self.result.checkpoint is not None:
+            kept = (f"the last checkpoint verified to be finite and loadable is {self.result.checkpoint} (iteration "
+                    f"{_step_of(self.result.checkpoint)})")
         else:
             kept = "no checkpoint was written yet"
         return (f"training stopped: the {what} is {value} at iteration {step}; {kept}. Lower the learning rate, "
                 "clip gradients (grad_clip) or check the data")
-
-    window: list[float] = []
-    tic = time.perf_counter()
-    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations,
-               disable=not (progress and dist.is_main), desc="training", dynamic_ncols=True)
-    with _stop_on_sigterm() as sigterm:
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr_at(step)
-            optimizer.zero_grad(set_to_none=True)
-            total, logs = micro_batches(step, grad=True)
-            loss_value, stop = finite_everywhere(total, sigterm[0])
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(stop_message("loss", loss_value, step))
-            # the weights of iteration `step` gave a finite loss: they may be checkpointed
-            if step > start and (step % config.checkpoint_every == 0 or stop):
-                checkpoint(step)
-            if stop:
-                result.stopped_early = True
-                break
-            clip = config.grad_clip if (config.grad_clip is not None and step >= config.grad_clip_begin) else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLossError(stop_message("gradient norm", grad_norm, step))
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, config.ema_beta(step))
-
-            done = step + 1
-            result.losses[step] = loss_value
-            result.step = done
-            window.append(loss_value)
-            if dist.is_main and (done % config.log_every == 0 or done == config.iterations):
-                row = {"step": done, "loss": sum(window) / len(window), "lr": config.lr_at(step),
-                       "grad_norm": grad_norm, **logs}
-                seconds = (time.perf_counter() - tic) / len(window)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                if log is not None:
-                    log.write(row)
-                    timing.write({"step": done, "seconds_per_iter": seconds, "processes": dist.world_size})
-                if writer is not None:
-                    for key, value in {**row, "seconds_per_iter": seconds}.items():
-                        if key != "step":
-                            writer.add_scalar(key, value, done)
-                window, tic = [], time.perf_counter()
-        else:
-            if result.step > start or (ckpt_path is not None and not ckpt_path.exists()):
-                # verify the final weights with the next iteration's loss before the last checkpoint
-                with torch.no_grad():
-                    total, _ = micro_batches(config.iterations, grad=False)
-                loss_value, _ = finite_everywhere(total, False)
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(stop_message("loss", loss_value, config.iterations))
-                checkpoint(config.iterations)
-    if writer is not None:
-        writer.close()
-    return result
 
 
 def _step_of(path: Path) -> int | str:

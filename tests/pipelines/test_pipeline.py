@@ -22,6 +22,9 @@ from gmfm.pipelines import FlowEulerODEScheduler, GMDiTPipeline, GMFlowSDESchedu
 from gmfm.solvers import DEFAULT_COEFS, gmflow_sample
 
 REFERENCE = sorted(p for p in (reference_root() / "models").glob("*") if p.is_dir())[0]
+#: The scheduler config of the root's first pipeline folder (its shift differs between roots), if any.
+SCHEDULER_CONFIGS = sorted((reference_root() / "pipelines").glob("*/model/scheduler/scheduler_config.json"))
+SHIFT = json.loads(SCHEDULER_CONFIGS[0].read_text()).get("shift", 1.0) if SCHEDULER_CONFIGS else 1.0
 CONFIG = json.loads((REFERENCE / "transformer" / "config.json").read_text())
 NUM_CLASSES = CONFIG["num_embeds_ada_norm"]
 CHANNELS = CONFIG["in_channels"]
@@ -54,7 +57,7 @@ def folder(tmp_path_factory):
                         up_block_types=("UpDecoderBlock2D",) * len(VAE_BLOCKS),
                         layers_per_block=1, norm_num_groups=8, sample_size=IMAGE)
     vae.save_pretrained(root / "vae")
-    GMFlowSDEScheduler(shift=1.0).save_pretrained(root / "scheduler")
+    GMFlowSDEScheduler(shift=SHIFT).save_pretrained(root / "scheduler")
     # the names the official code records
     (root / "model_index.json").write_text(json.dumps({
         "_class_name": "GMDiTPipeline", "_diffusers_version": "0.32.2", "id2label": WORDS,
@@ -116,8 +119,8 @@ def test_samples_end_to_end(pipe, scheduler_of, scheduler, mode, order, w):
 
 
 def test_the_scheduler_drives_sampling(pipe, scheduler_of):
-    """Each scheduler + output_mode is its GMFlow solver: the pipeline equals gmflow_sample on the same x_T
-    (grids of 4 points, where the official float32 grid and gmfm's float64 one coincide)."""
+    """Each scheduler + output_mode is its GMFlow solver: the pipeline equals gmflow_sample on the same x_T and
+    the scheduler's own (float32) grid, whatever the shift of the folder's scheduler."""
     labels = torch.tensor([A, LAST])
     x_t = torch.randn(2, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     common = dict(guidance_scale=0.3, order=2, output_type="latent", latents=x_t)
@@ -125,15 +128,19 @@ def test_the_scheduler_drives_sampling(pipe, scheduler_of):
                      guidance=ProbabilisticGuidance(0.3), order=2)
     model = GMFlowModel(pipe.transformer)
 
-    scheduler_of(FlowEulerODEScheduler)
+    def grid(scheduler, steps: int) -> list[float]:
+        scheduler.set_timesteps(steps)
+        return scheduler.sigmas.tolist()
+
+    ode_scheduler = scheduler_of(FlowEulerODEScheduler)
     ode = pipe(labels.tolist(), num_inference_steps=2, num_inference_substeps=2, output_mode="mean", **common).images
-    expected = gmflow_sample(model, x_t, 2, method="ode", substeps=2, **reference).sample
+    expected = gmflow_sample(model, x_t, 2, method="ode", substeps=2, sigmas=grid(ode_scheduler, 4), **reference).sample
     torch.testing.assert_close(ode, expected, rtol=0, atol=1e-4)
 
-    scheduler_of(GMFlowSDEScheduler)  # output_mode "sample" in its config: the exact GM-SDE transition
+    sde_scheduler = scheduler_of(GMFlowSDEScheduler)  # output_mode "sample" in its config: the exact GM-SDE step
     sde = pipe(labels.tolist(), num_inference_steps=4, num_inference_substeps=1, output_mode="sample",
                generator=[torch.Generator().manual_seed(s) for s in (7, 8)], **common).images
-    expected = gmflow_sample(model, x_t, 4, method="sde", spectrum=pipe.spectrum_net,
+    expected = gmflow_sample(model, x_t, 4, method="sde", spectrum=pipe.spectrum_net, sigmas=grid(sde_scheduler, 4),
                              generator=[torch.Generator().manual_seed(s) for s in (7, 8)], **reference).sample
     torch.testing.assert_close(sde, expected, rtol=0, atol=1e-4)
 
@@ -171,9 +178,12 @@ def test_image_i_depends_only_on_generator_i(pipe, scheduler_of, scheduler, mode
                  num_inference_steps=2, **kw).images
     alone = pipe([A], generator=[torch.Generator().manual_seed(11)], num_inference_steps=2, **kw).images
     single = pipe([A], generator=torch.Generator().manual_seed(11), num_inference_steps=2, **kw).images
-    # equal up to the rounding of batched matrix products (amplified along the trajectory)
-    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-4)
-    assert (batch[0] - batch[1]).abs().max() > 1e-2
+    # Equal up to the rounding of batched matrix products, amplified along the trajectory: measured up to
+    # 1.3e-3 (shifts 1-3, 5 seeds, every mode; AMD EPYC), so the bound is 5e-3; another generator moves the
+    # image by more than 20 times that.
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=5e-3)
+    other = pipe([A], generator=[torch.Generator().manual_seed(12)], num_inference_steps=2, **kw).images
+    assert (other - alone).abs().max() > 0.1
     torch.testing.assert_close(single, alone, rtol=0, atol=0)  # one generator for one image: the same draws
     with pytest.raises(ValueError, match="generator must be one torch.Generator or a list of 3"):
         pipe([A, B, C], generator=[torch.Generator()] * 2, num_inference_steps=1, **kw)

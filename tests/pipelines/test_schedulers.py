@@ -92,10 +92,16 @@ def test_custom_sigmas_and_timesteps(cls, config):
 
 @pytest.mark.parametrize("cls, config", CONFIGS, ids=IDS)
 def test_save_and_load_round_trip(cls, config, tmp_path):
+    """diffusers' test_from_pretrained: a saved and reloaded scheduler has the same config, and no
+    ``_use_default_values`` (every key was in the file); FlowMatchEuler's options are not among the
+    defaults a config of ours reports."""
     scheduler = cls(**config)
+    defaults = set(scheduler.config.get("_use_default_values", []))
+    assert defaults == set(inspect.signature(cls.__init__).parameters) - {"self", *config}
     scheduler.save_pretrained(tmp_path)
     again = cls.from_pretrained(tmp_path)
-    assert dict(again.config) == dict(scheduler.config)
+    assert "_use_default_values" not in again.config
+    assert dict(again.config) == {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
     torch.testing.assert_close(run(again), run(scheduler), rtol=0, atol=0)
 
 

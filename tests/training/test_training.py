@@ -111,7 +111,7 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def loss_with_nan(model, batch, draws, spectrum_net=None):
+    def loss_with_nan(model, batch, draws):
         out = GMFlowLoss()(model, batch, draws)
         if loss_with_nan.calls == 12:
             out = type(out)(out.loss * float("nan"), out.logs)
