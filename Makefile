@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # Benchmarks are not run by CI. Add OFFICIAL=/path/to/Lakonik/GMFlow to time the official ops beside ours.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py $(if $(OFFICIAL),--official-dir $(OFFICIAL))
+	$(BIN)/python -m benchmarks.bench_core $(if $(OFFICIAL),--official-dir $(OFFICIAL))
 
 # About 1.5 hours on 2 CPU cores; minutes on a GPU (DEVICE=cuda).
 bench-2d: $(STAMP)
@@ -36,7 +36,7 @@ bench-2d: $(STAMP)
 
 # About 2 hours on 2 CPU cores (two 45-minute trainings, then the evaluation); minutes on a GPU.
 bench-mnist: $(STAMP)
-	$(BIN)/python benchmarks/bench_mnist.py --per-class 50 $(if $(DEVICE),--device $(DEVICE))
+	$(BIN)/python -m benchmarks.bench_mnist --per-class 50 $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

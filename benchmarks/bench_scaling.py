@@ -1,7 +1,7 @@
 """Training throughput: 1 vs N processes under torchrun (CPU: gloo), and GMFlow vs flow matching per step.
 
-    python benchmarks/bench_scaling.py                      # CPU: MNIST GM-DiT, 1 and 2 processes
-    python benchmarks/bench_scaling.py --device cuda --configs imagenet_gmflow_k8_s2 imagenet_fm_s2 \
+    python -m benchmarks.bench_scaling                      # CPU: MNIST GM-DiT, 1 and 2 processes
+    python -m benchmarks.bench_scaling --device cuda --configs imagenet_gmflow_k8_s2 imagenet_fm_s2 \
         imagenet_gmflow_k8_b2 imagenet_fm_b2 --processes 1  # a GPU: DiT-S/2 and B/2, bf16 + checkpointing
 
 Each measurement runs ``gmfm train-images`` for ``--iterations`` iterations into a scratch folder and reads
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
 
 def synthetic_cache(folder: Path, count: int = 4096, shape=(4, 32, 32), classes: int = 1000) -> Path:

@@ -1,6 +1,6 @@
 """Seconds per training iteration of GMFlow (K = 64, transition loss) vs its flow-matching twin (K = 1, L2).
 
-    python benchmarks/bench_train_step.py [--device cpu] [--batch-size 1024] [--iterations 60]
+    python -m benchmarks.bench_train_step [--device cpu] [--batch-size 1024] [--iterations 60]
 
 Same 5 x 512 MLP, batch, optimizer (Adam) and data for both; the target is GMFlow <= 1.1 x FM. Writes
 benchmarks/results/train_step.json and .md.
@@ -9,18 +9,16 @@ benchmarks/results/train_step.json and .md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.experiments import build_loss, build_model, load_dataset, load_recipe  # noqa: E402
-from gmfm.math.random import BatchDraws  # noqa: E402
-from gmfm.training import make_optimizer, step_generator  # noqa: E402
+from gmfm.experiments import build_loss, build_model, load_dataset, load_recipe
+from gmfm.math.random import BatchDraws
+from gmfm.training import make_optimizer, step_generator
 
 
 def make_step(kind: str, batch_size: int, device: str):

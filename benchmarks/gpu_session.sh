@@ -38,8 +38,7 @@ smoke() {  # 20 iterations of GMFlow and FM on CUDA and a few samples with each 
   python3 - "$S" "$DEV" <<'PY' 2>&1 | tail -n 20
 import sys, time, torch
 from pathlib import Path
-sys.path.insert(0, "benchmarks")
-from mnist_study import recipe_of
+from benchmarks.mnist_study import recipe_of
 from gmfm.experiments import load_run, sample_trained, train_recipe
 work = Path(sys.argv[1])
 print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", flush=True)
@@ -61,18 +60,18 @@ study)
   smoke || { echo "smoke failed after $(elapsed) s"; pack; exit 1; }
   echo "smoke ok after $(elapsed) s"
   for v in $VARIANTS; do
-    timeout ${TRAIN_TIMEOUT:-270} python3 benchmarks/mnist_study.py train --variants $v --device $DEV --work-dir $W ${ITERATIONS:+--iterations $ITERATIONS} \
+    timeout ${TRAIN_TIMEOUT:-270} python3 -m benchmarks.mnist_study train --variants $v --device $DEV --work-dir $W ${ITERATIONS:+--iterations $ITERATIONS} \
       > "$R/logs/train_$v.log" 2>&1 &
   done
   wait
   echo "trained after $(elapsed) s"; for v in $VARIANTS; do echo "$v: $(tail -n 1 "$R/logs/train_$v.log")"; done
   for v in $VARIANTS; do
-    timeout ${EVAL_TIMEOUT:-120} python3 benchmarks/mnist_study.py evaluate --variants $v --device $DEV --work-dir $W --per-class ${PER_CLASS:-50} \
+    timeout ${EVAL_TIMEOUT:-120} python3 -m benchmarks.mnist_study evaluate --variants $v --device $DEV --work-dir $W --per-class ${PER_CLASS:-50} \
       > "$R/logs/eval_$v.log" 2>&1 &
   done
   wait
   echo "evaluated after $(elapsed) s"
-  python3 benchmarks/mnist_study.py report --variants $VARIANTS --work-dir $W --out $R --device $DEV 2>&1 | tail -n 30
+  python3 -m benchmarks.mnist_study report --variants $VARIANTS --work-dir $W --out $R --device $DEV 2>&1 | tail -n 30
   for v in $VARIANTS; do cp "$W/$v/grid_nfe8.png" "$R/grid_$v.png" 2>/dev/null; cp "$W/$v/log.csv" "$R/logs/log_$v.csv" 2>/dev/null; done
   echo "study: done after $(elapsed) s"
   pack
@@ -82,10 +81,10 @@ bench)
 import json; t = json.load(open('$R/mnist_study.json'))['table']
 print(min((r['best FD @8'], n) for n, r in t.items() if not n.startswith('fm'))[1])")
   echo "best GMFlow variant at NFE 8: $best"
-  timeout 330 python3 benchmarks/bench_mnist.py --device $DEV --gm-run "$W/$best" --fm-run $W/fm \
+  timeout 330 python3 -m benchmarks.bench_mnist --device $DEV --gm-run "$W/$best" --fm-run $W/fm \
     --work-dir $W --out $R/bench --per-class ${BENCH_PER_CLASS:-100} > $R/logs/bench_mnist.log 2>&1
   echo "bench_mnist: exit $? after $(elapsed) s"; tail -n 25 $R/logs/bench_mnist.log
-  OMP_NUM_THREADS=4 timeout 200 python3 benchmarks/bench_scaling.py --device $DEV --processes 1 --iterations ${SCALING_ITERATIONS:-30} \
+  OMP_NUM_THREADS=4 timeout 200 python3 -m benchmarks.bench_scaling --device $DEV --processes 1 --iterations ${SCALING_ITERATIONS:-30} \
     --batch-size 512 --configs imagenet_gmflow_k8_s2 imagenet_fm_s2 imagenet_gmflow_k8_b2 imagenet_fm_b2 \
     --out $R > $R/logs/bench_scaling.log 2>&1
   echo "bench_scaling: exit $? after $(elapsed) s"; tail -n 15 $R/logs/bench_scaling.log

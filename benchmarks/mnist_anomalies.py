@@ -1,7 +1,7 @@
 """Why GMFlow loses to flow matching on MNIST: the three anomalies of the first MNIST benchmark, measured
 on its two trained models (GMFlow and FM, configs/mnist_*.toml as they were before the recipe study).
 
-    python benchmarks/mnist_anomalies.py --work-dir outputs/mnist_base [--out benchmarks/results]
+    python -m benchmarks.mnist_anomalies --work-dir outputs/mnist_base [--out benchmarks/results]
 
 1. GM-ODE 2 got worse with more steps: FD of Euler on the GM mean, GM-ODE 1 / 2 with and without substeps,
    GM-ODE 2 without its 2nd-order correction (= GM-ODE 1), and GM-ODE 2 with the official absolute 1e-6
@@ -24,22 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.data.mnist import load_mnist_splits  # noqa: E402
-from gmfm.experiments import load_run, make_guidance, sample_trained  # noqa: E402
-from gmfm.experiments.images import ClassifierEvaluator, velocity_error_by_sigma  # noqa: E402
-from gmfm.experiments.results import markdown_table  # noqa: E402
-from gmfm.guidance import pixel_averaged_gaussian  # noqa: E402
-from gmfm.math import gm_mean, gm_to_iso_gaussian, official_floors, u_to_x0  # noqa: E402
-from gmfm.metrics.figures import save_image_grid  # noqa: E402
+from gmfm.data.mnist import load_mnist_splits
+from gmfm.experiments import load_run, make_guidance, sample_trained
+from gmfm.experiments.images import ClassifierEvaluator, velocity_error_by_sigma
+from gmfm.experiments.results import markdown_table
+from gmfm.guidance import pixel_averaged_gaussian
+from gmfm.math import gm_mean, gm_to_iso_gaussian, official_floors, u_to_x0
+from gmfm.metrics.figures import save_image_grid
 
 NFES = (8, 16, 32, 64)
 SIGMAS = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.97)

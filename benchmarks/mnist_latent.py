@@ -1,6 +1,6 @@
 """Latent MNIST: GMFlow vs flow matching in the latent space of a small VAE, trained with torchrun.
 
-    python benchmarks/mnist_latent.py [--work-dir outputs/mnist_latent] [--processes 2]
+    python -m benchmarks.mnist_latent [--work-dir outputs/mnist_latent] [--processes 2]
 
 The paper's setting (a flow model on VAE latents) at a scale that runs on 2 CPU cores:
 1. ``gmfm train-vae --dataset mnist --width 16 --iterations 2000``: a small diffusers AutoencoderKL,
@@ -25,15 +25,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.data.mnist import load_mnist_splits  # noqa: E402
-from gmfm.experiments import load_run, make_guidance, sample_trained  # noqa: E402
-from gmfm.experiments.images import ClassifierEvaluator  # noqa: E402
-from gmfm.experiments.latents import decode_latents, load_vae  # noqa: E402
-from gmfm.experiments.results import markdown_table  # noqa: E402
-from gmfm.metrics.figures import save_image_grid  # noqa: E402
+from gmfm.data.mnist import load_mnist_splits
+from gmfm.experiments import load_run, make_guidance, sample_trained
+from gmfm.experiments.images import ClassifierEvaluator
+from gmfm.experiments.latents import decode_latents, load_vae
+from gmfm.experiments.results import markdown_table
+from gmfm.metrics.figures import save_image_grid
 
 NFES = (4, 8, 16, 32)
 GM_SOLVERS = ("gmode2", "gmsde2", "euler")

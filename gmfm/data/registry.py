@@ -16,7 +16,7 @@ from .base import Dataset
 from .image_folder import image_folder_dataset
 from .latents import latent_dataset
 from .mnist import mnist_dataset
-from .toy2d import TOY_DATASET_NAMES, toy_dataset
+from .toy_distributions import TOY_DATASET_NAMES, toy_dataset
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}
 

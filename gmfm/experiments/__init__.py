@@ -9,7 +9,8 @@ from .build import build_loss, build_model, load_dataset, spectrum_net_of
 from .recipe import LossConfig, Recipe, RecipeError, SampleConfig, config_names, load_recipe, recipe_from_dict
 from .results import machine_info, markdown_table, write_json, write_results
 from .run import TrainedModel, load_run, train_recipe
-from .sampling import default_solver, make_guidance, sample_trained
+from ..guidance import make_guidance
+from .sampling import SamplingPlan, default_solver, sample_trained
 
 __all__ = [
     "Recipe",
@@ -27,6 +28,7 @@ __all__ = [
     "load_run",
     "TrainedModel",
     "sample_trained",
+    "SamplingPlan",
     "make_guidance",
     "default_solver",
     "write_results",

@@ -32,6 +32,8 @@ def _gmdit_config(recipe: Recipe, event_shape: tuple[int, int, int], num_classes
     if height != width:
         raise RecipeError(f"{recipe.source}: GM-DiT needs square samples, the dataset has {height} x {width}")
     config = {k: v for k, v in recipe.model.items() if k != "backbone"}
+    if "num_components" in config:  # GM-DiT's config (and the official checkpoints) call K num_gaussians
+        config["num_gaussians"] = config.pop("num_components")
     derived = {"in_channels": channels, "sample_size": height, "num_embeds_ada_norm": num_classes}
     for key, value in derived.items():
         if key in config and config[key] != value:

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..guidance import Guidance
 from ..metrics.images import hsv_saturation, precision_recall
 from ..training.distributed import Distributed
 from .run import TrainedModel
-from .sampling import sample_trained
+from .sampling import SamplingPlan, sample_trained
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
@@ -40,8 +39,7 @@ def decoder_of(trained: TrainedModel):
 
 
 @torch.no_grad()
-def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, *, solver: str | None = None,
-                   nfe: int | None = None, guidance: Guidance | None = None, substeps: int | None = None,
+def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, plan: SamplingPlan, *,
                    seed: int = 0, batch_size: int = 125, progress: bool = False) -> tuple[range, Tensor]:
     """This process's share of the seeded sample set.
 
@@ -49,7 +47,7 @@ def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, *
         trained: a class-conditional run.
         num_samples: N, the size of the whole set (split into contiguous shares over the processes).
         dist: this process's place in the run.
-        solver, nfe, guidance, substeps: as :func:`gmfm.experiments.sample_trained`.
+        plan: the sampling choices (:class:`gmfm.experiments.SamplingPlan`).
         seed: sample i is drawn with generators seeded by (seed, i).
 
     Returns:
@@ -63,9 +61,8 @@ def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, *
     labels = balanced_labels(num_samples, trained.num_classes)[indices.start: indices.stop]
     if len(indices) == 0:
         return indices, torch.empty(0, *trained.event_shape)
-    x = sample_trained(trained, solver, nfe, labels=labels, guidance=guidance, substeps=substeps, seed=seed,
-                       first_index=indices.start, per_sample_seeds=True, batch_size=batch_size,
-                       device=dist.device, progress=progress)
+    x = sample_trained(trained, plan=plan, labels=labels, seed=seed, first_index=indices.start,
+                       per_sample_seeds=True, batch_size=batch_size, device=dist.device, progress=progress)
     decoder = decoder_of(trained)
     if decoder is not None:
         from .latents import decode_latents
@@ -94,6 +91,36 @@ class EvalResult:
         return asdict(self)
 
 
+def _torchmetrics():
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.inception import InceptionScore
+    except ImportError as err:
+        raise ValueError("evaluation needs torchmetrics: pip install 'gmfm[eval]'") from err
+    return FrechetInceptionDistance, InceptionScore
+
+
+def _inception_metrics(weights: str | Path | None) -> tuple[nn.Module, nn.Module]:
+    """FID (2048 pool features) and IS (logits) of the FID Inception network, read from the local
+    ``weights`` file (nothing is downloaded), resizing to 299 without antialiasing as the TF1 code of
+    standard FID does, so that FIDs are comparable with published ones."""
+    if weights is None or not Path(weights).is_file():
+        raise ValueError("the default FID features need the Inception weights as a local file "
+                         "(--inception-weights pt_inception-2015-12-05-6726825d.pth; nothing is downloaded)")
+    FrechetInceptionDistance, InceptionScore = _torchmetrics()
+    from torchmetrics.image import fid as tm_fid
+
+    try:
+        pool, logits = (tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[feature],
+                                                  feature_extractor_weights_path=str(weights), antialias=False)
+                        for feature in ("2048", "logits_unbiased"))
+    except ModuleNotFoundError as err:
+        raise ValueError("the Inception features need torch-fidelity (pip install 'gmfm[eval]' on a torch install "
+                         f"that includes torchvision): {err}") from err
+    pool.num_features = 2048  # read by torchmetrics instead of a dummy forward pass
+    return FrechetInceptionDistance(pool), InceptionScore(logits)
+
+
 class FeatureMetrics:
     """FID and IS (torchmetrics metric objects: states summed over processes) plus the features of every
     image for precision / recall.
@@ -107,22 +134,9 @@ class FeatureMetrics:
 
     def __init__(self, extractor: nn.Module | None = None, logits: nn.Module | None = None,
                  inception_weights: str | Path | None = None, device: torch.device | str = "cpu") -> None:
-        try:
-            from torchmetrics.image.fid import FrechetInceptionDistance
-            from torchmetrics.image.inception import InceptionScore
-        except ImportError as err:
-            raise ValueError("evaluation needs torchmetrics: pip install 'gmfm[eval]'") from err
+        FrechetInceptionDistance, InceptionScore = _torchmetrics()
         if extractor is None:
-            if inception_weights is None or not Path(inception_weights).is_file():
-                raise ValueError("the default FID features need the Inception weights as a local file "
-                                 "(--inception-weights pt_inception-2015-12-05-6726825d.pth; nothing is downloaded)")
-            try:
-                self.fid = FrechetInceptionDistance(2048, feature_extractor_weights_path=str(inception_weights))
-                self.inception = InceptionScore("logits_unbiased",
-                                                feature_extractor_weights_path=str(inception_weights))
-            except (ModuleNotFoundError, TypeError) as err:
-                raise ValueError("the Inception features need torch-fidelity (pip install 'gmfm[eval]' on a torch "
-                                 f"install that includes torchvision): {err}") from err
+            self.fid, self.inception = _inception_metrics(inception_weights)
         else:
             self.fid = FrechetInceptionDistance(extractor)
             self.inception = InceptionScore(logits) if logits is not None else None
@@ -133,10 +147,12 @@ class FeatureMetrics:
         self.features = {True: [], False: []}
         self.saturation = {True: [], False: []}
 
-    def update(self, images: Tensor, real: bool) -> None:
-        """Add images (N, C, H, W) in [-1, 1] (real or generated)."""
+    def update(self, images: Tensor, real: bool, fid: bool = True) -> None:
+        """Add images (N, C, H, W) in [-1, 1] (real or generated); ``fid=False``: real images for precision /
+        recall only (their FID statistics come from :meth:`set_real_statistics`)."""
         x = to_uint8_rgb(images).to(self.device)
-        self.fid.update(x, real=real)
+        if fid:
+            self.fid.update(x, real=real)
         self.features[real].append(self.fid.inception(x).double().reshape(len(x), -1).cpu())
         self.saturation[real].append(torch.tensor([hsv_saturation(x.float() / 255) * len(x), len(x)]))
         if not real and self.inception is not None:
@@ -171,11 +187,14 @@ def add_reference(metrics: FeatureMetrics, reference: str | Path | Tensor, dist:
 
     Args:
         metrics: the :class:`FeatureMetrics` to update.
-        reference: a tensor (N, C, H, W) in [-1, 1], or an ADM reference batch ``.npz`` (``arr_0``: uint8
-            (N, H, W, 3) images; or only ``mu`` / ``sigma``: FID without precision / recall).
+        reference: a tensor (N, C, H, W) in [-1, 1], or an ADM reference batch ``.npz``. As ADM's
+            evaluator: FID uses the batch's ``mu`` / ``sigma`` (statistics of the whole dataset) when it
+            has them, and its images ``arr_0`` (uint8 (N, H, W, 3)) serve precision / recall; a batch with
+            only images gives FID from them, one with only statistics FID alone.
         dist: this process's place in the run.
         batch_size: images per feature-network call.
     """
+    fid_from_images = True
     if isinstance(reference, Tensor):
         images = reference
     else:
@@ -183,17 +202,20 @@ def add_reference(metrics: FeatureMetrics, reference: str | Path | Tensor, dist:
         if not path.is_file():
             raise FileNotFoundError(f"reference batch {path} does not exist")
         with np.load(path) as data:
-            if "arr_0" in data.files:
-                images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            elif {"mu", "sigma"} <= set(data.files):
-                if dist.is_main:
-                    metrics.set_real_statistics(data["mu"], data["sigma"], 10_000)
-                return
-            else:
+            if not ("arr_0" in data.files or {"mu", "sigma"} <= set(data.files)):
                 raise ValueError(f"{path} is not an ADM reference batch (needs arr_0, or mu and sigma)")
+            images = (torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                      if "arr_0" in data.files else None)
+            if {"mu", "sigma"} <= set(data.files):
+                fid_from_images = False
+                if dist.is_main:
+                    metrics.set_real_statistics(data["mu"], data["sigma"], len(images) if images is not None
+                                                else 10_000)
+        if images is None:
+            return
     share = math.ceil(len(images) / dist.world_size)
     for chunk in images[dist.rank * share: (dist.rank + 1) * share].split(batch_size):
-        metrics.update(chunk, real=True)
+        metrics.update(chunk, real=True, fid=fid_from_images)
 
 
 class PixelFeatures(nn.Module):
@@ -228,16 +250,45 @@ def _classifier_features(trained: TrainedModel, dataset) -> tuple[nn.Module, nn.
     return Features(False).eval(), Features(True).eval()
 
 
+def real_images(trained: TrainedModel, split: str, batch_size: int = 125,
+                device: str | torch.device = "cpu") -> Tensor:
+    """The real images (N, C, H, W) in [-1, 1] of a split of the run's dataset: the images themselves for a
+    run in pixel space; for a latent run, the source images of the split's latents (the cache records
+    their source dataset), else, for caches that do not, the decoded latents."""
+    from .build import load_dataset
+
+    dataset = load_dataset(trained.recipe)
+    split_set = dataset.split(split)
+    decoder = decoder_of(trained)
+    if decoder is None:
+        return split_set.images.float()
+    source_rows = dataset.extra.get("source_rows", {}).get(split)
+    source = dataset.extra.get("source_dataset")
+    if source_rows is not None and source is not None:
+        from ..data.registry import make_dataset
+
+        images = make_dataset(source["name"], **source.get("options", {})).extra["source"]
+        return torch.stack([images.item(int(i))[0] for i in source_rows])
+    from .latents import decode_latents
+
+    return decode_latents(split_set.images.float(), decoder[0], decoder[1], batch_size, device)
+
+
 def evaluate_run(run: str | Path, num_samples: int, *, solver: str | None = None, nfe: int | None = None,
                  guidance_options: tuple[float | None, float | None, float | None] = (None, None, None),
-                 substeps: int | None = None, seed: int = 0, batch_size: int = 125,
+                 substeps: int | None = None, spectral: bool | None = None, seed: int = 0, batch_size: int = 125,
                  reference: str | Path | None = None, reference_split: str = "test", features: str = "inception",
                  inception_weights: str | Path | None = None, extractor: nn.Module | None = None,
                  logits: nn.Module | None = None, out: str | Path | None = None, save_samples: bool = False,
                  use_ema: bool = True, device: str = "auto", progress: bool = True) -> dict[str, Any] | None:
     """``gmfm eval-images``: generate the seeded sample set of ``run`` (sharded under torchrun), compute
-    the metrics and write them (process 0) to ``out`` (JSON). Returns {"metrics", "path"} on process 0.
+    the metrics and write them (process 0) to ``out`` (JSON). Returns {"metrics", "plan", "path"} on
+    process 0.
 
+    The sampling choices (``solver``, ``nfe``, ``substeps``, ``spectral``, ``guidance_options`` = (guidance
+    scale, orthogonal guidance, CFG scale); None: the recipe's) are settled by
+    :meth:`gmfm.experiments.SamplingPlan.resolve`; the result file (default
+    ``<run>/eval_<solver>_nfe<nfe>[_<guidance>]_n<N>_seed<seed>.json``) records the resolved plan.
     ``extractor`` / ``logits`` inject feature networks (tests, other feature spaces); otherwise ``features``
     picks the Inception network or a classifier trained on the run's dataset.
     """
@@ -245,35 +296,22 @@ def evaluate_run(run: str | Path, num_samples: int, *, solver: str | None = None
     from .build import load_dataset
     from .results import write_json
     from .run import load_run
-    from .sampling import make_guidance
 
     dist = setup_distributed(device)
     injected = extractor is not None
     trained = load_run(run, use_ema=use_ema, device=dist.device)
-    s = trained.recipe.sample
-    pick = lambda value, default: default if value is None else value  # noqa: E731
     pg, orth, cfg = guidance_options
-    guidance = make_guidance(pick(pg, s.guidance_scale), pick(orth, s.orthogonal_guidance), pick(cfg, s.cfg_scale))
-    solver = solver or s.solver
-    indices, images = generate_shard(trained, num_samples, dist, solver=solver, nfe=nfe, guidance=guidance,
-                                     substeps=substeps, seed=seed, batch_size=batch_size,
+    plan = SamplingPlan.resolve(trained, solver, nfe, substeps=substeps, guidance_scale=pg, orthogonal_guidance=orth,
+                                cfg_scale=cfg, spectral=spectral)
+    indices, images = generate_shard(trained, num_samples, dist, plan, seed=seed, batch_size=batch_size,
                                      progress=progress and dist.is_main)
     if extractor is None and features == "classifier":
         extractor, logits = _classifier_features(trained, load_dataset(trained.recipe))
     elif extractor is None and features == "pixels":
         extractor, logits = PixelFeatures(), None
     metrics = FeatureMetrics(extractor, logits, inception_weights, dist.device)
-    if reference is not None:
-        add_reference(metrics, reference, dist, batch_size)
-    else:
-        dataset = load_dataset(trained.recipe)
-        real = dataset.split(reference_split).images.float()
-        decoder = decoder_of(trained)
-        if decoder is not None:  # a split of cached latents: compare with their decoded images
-            from .latents import decode_latents
-
-            real = decode_latents(real, decoder[0], decoder[1], batch_size, dist.device)
-        add_reference(metrics, real, dist, batch_size)
+    add_reference(metrics, reference if reference is not None else
+                  real_images(trained, reference_split, batch_size, dist.device), dist, batch_size)
     for chunk in images.split(batch_size):
         metrics.update(chunk, real=False)
     result = metrics.compute(dist)
@@ -281,13 +319,14 @@ def evaluate_run(run: str | Path, num_samples: int, *, solver: str | None = None
     if not dist.is_main:
         return None
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    path = Path(out) if out else folder / f"eval_{solver or 'default'}_{nfe or s.nfe}.json"
-    payload = {"run": str(run), "num_samples": num_samples, "solver": solver or s.solver, "nfe": nfe or s.nfe,
-               "guidance": repr(guidance), "seed": seed, "processes": dist.world_size,
-               "features": "injected" if injected else features, "metrics": result.as_dict()}
+    path = Path(out) if out else folder / f"eval_{plan.tag()}_n{num_samples}_seed{seed}.json"
+    payload = {"run": str(run), "num_samples": num_samples, **plan.describe(), "seed": seed,
+               "reference": str(reference) if reference is not None else f"split {reference_split}",
+               "processes": dist.world_size, "features": "injected" if injected else features,
+               "metrics": result.as_dict()}
     write_json(path, payload)
     if samples is not None:
         ordered = torch.cat([x for _, x in sorted(samples, key=lambda p: p[0])])
         np.savez_compressed(path.with_suffix(".npz"), samples=ordered.permute(0, 2, 3, 1).numpy(),
                             labels=balanced_labels(num_samples, trained.num_classes).numpy())
-    return {"metrics": result.as_dict(), "path": path}
+    return {"metrics": result.as_dict(), "plan": plan, "path": path}

@@ -13,7 +13,7 @@ def export_pipeline(trained: TrainedModel, folder: str | Path) -> Path:
     GM-SDE scheduler (``output_mode="sample"`` gives GM-SDE), FM runs the Euler ODE scheduler."""
     from ..models.gmflow_model import GMFlowModel
     from ..pipelines.gmdit_pipeline import GMDiTPipeline
-    from ..solvers.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
+    from ..pipelines.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
     model = trained.model
     if not isinstance(model, GMFlowModel):

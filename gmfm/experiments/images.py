@@ -1,18 +1,22 @@
-"""Image-experiment measurements on small labelled datasets (the MNIST benchmarks): a classifier feature
-space for FD / precision / recall / accuracy, and the mean-velocity error of a model by noise level."""
+"""Image experiments: sample grids of a run, and measurements on small labelled datasets (the MNIST
+benchmarks): a classifier feature space for FD / precision / recall / accuracy, and the mean-velocity error
+of a model by noise level."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..math.gm_ops import gm_mean
 from ..math.containers import GaussianMixture
+from ..metrics.figures import save_image_grid
 from ..metrics.images import ImageMetrics, SmallCNNClassifier, evaluate_images, train_classifier
 from ..models.protocols import null_label
-from .run import TrainedModel
+from .run import TrainedModel, load_run
+from .sampling import SamplingPlan, sample_trained
 
 
 class ClassifierEvaluator:
@@ -71,3 +75,38 @@ def velocity_error_by_sigma(trained: TrainedModel, x0: Tensor, labels: Tensor, s
                 errors[key] += float((mean.cpu() - u).square().sum())
         out[level] = {k: v / x0.numel() for k, v in errors.items()}
     return out
+
+
+def sample_image_grid(run: str | Path, *, per_class: int = 10, classes: list[int] | None = None, seed: int = 0,
+                      out: str | Path | None = None, use_ema: bool = True, device: str = "cpu",
+                      progress: bool = True, **choices: Any) -> tuple[Path, SamplingPlan]:
+    """``gmfm sample-images``: a PNG grid of samples of an image run, one row per class.
+
+    Args:
+        run: an image run folder or checkpoint.
+        per_class: images per row; classes: the classes to sample (default: all).
+        out: the PNG (default ``<run folder>/grid_<plan tag>.png``).
+        **choices: sampling choices for :meth:`gmfm.experiments.SamplingPlan.resolve` (None: the recipe's).
+
+    Returns:
+        (the PNG path, the plan it was sampled with).
+
+    Raises:
+        ValueError: the run is a 2-D run, or a class is not one of the model's.
+    """
+    trained = load_run(run, use_ema=use_ema, device=device)
+    if trained.event_shape[1:] == (1, 1):
+        raise ValueError(f"{run} is a 2-D run; use sample-2d")
+    classes = list(classes) if classes is not None else list(range(trained.num_classes))
+    bad = [c for c in classes if c >= trained.num_classes]
+    if bad:
+        raise ValueError(f"--classes must be in [0, {trained.num_classes - 1}], got {bad}")
+    plan = SamplingPlan.resolve(trained, **choices)
+    labels = torch.tensor(classes).repeat_interleave(per_class)
+    images = sample_trained(trained, plan=plan, labels=labels, seed=seed, device=device, progress=progress)
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    path = Path(out) if out is not None else folder / f"grid_{plan.tag()}.png"
+    names = trained.class_names or tuple(str(c) for c in range(trained.num_classes))
+    save_image_grid(images, path, nrow=per_class, row_labels=[names[c] for c in classes],
+                    title=f"{plan.solver}, NFE {plan.nfe}")
+    return path, plan

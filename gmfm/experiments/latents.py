@@ -58,13 +58,15 @@ def _index_generator(seed: int, index: int) -> torch.Generator:
 @torch.no_grad()
 def cache_latents(dataset: Dataset, vae_folder: str | Path, out_dir: str | Path, *, batch_size: int = 32,
                   flip: str = "random", seed: int = 0, dtype: str = "float16", device: str = "auto",
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Encode ``dataset.extra["source"]`` (an :class:`ImageSource`) into ``out_dir``; returns the index.
 
     Args:
         flip: "random" (each image flipped with probability 1/2, official), "none", or "both" (the image
             and its mirror: twice the latents).
         dtype: storage dtype of the latents ("float16" or "float32").
+        dataset_options: the registry options ``dataset`` was made with; recorded in the index, so that an
+            evaluation can compare samples with the real source images of held-out latents.
     """
     source: ImageSource | None = dataset.extra.get("source")
     if source is None:
@@ -112,13 +114,13 @@ def cache_latents(dataset: Dataset, vae_folder: str | Path, out_dir: str | Path,
     dist.barrier()
     index: dict[str, Any] = {}
     if dist.is_main:
-        index = _join_shards(out, dist, total, dataset, vae_folder, scaling, flip, seed, dtype)
+        index = _join_shards(out, dist, total, dataset, vae_folder, scaling, flip, seed, dtype, dataset_options)
     dist.barrier()
     return dist.broadcast_object(index)
 
 
 def _join_shards(out: Path, dist: Distributed, total: int, dataset: Dataset, vae_folder: str | Path, scaling: float,
-                 flip: str, seed: int, dtype: str) -> dict[str, Any]:
+                 flip: str, seed: int, dtype: str, dataset_options: dict[str, Any] | None) -> dict[str, Any]:
     shards = [out / f".shard-{r:05d}" for r in range(dist.world_size)]
     parts = [np.load(f"{s}-latents.npy", mmap_mode="r") for s in shards]
     parts = [p for p in parts if p.size]
@@ -142,7 +144,9 @@ def _join_shards(out: Path, dist: Distributed, total: int, dataset: Dataset, vae
              "class_names": list(dataset.class_names), "vae": str(Path(vae_folder).resolve()),
              "scaling_factor": scaling, "dtype": dtype, "flip": flip, "seed": seed,
              "source": {"dataset": dataset.name, "images": len(dataset.extra["source"]),
-                        "image_shape": list(dataset.event_shape)}, "processes": dist.world_size}
+                        "image_shape": list(dataset.event_shape),
+                        **({"options": dict(dataset_options)} if dataset_options is not None else {})},
+             "processes": dist.world_size}
     tmp = out / f".{INDEX_NAME}.tmp"
     tmp.write_text(json.dumps(index, indent=2) + "\n")
     os.replace(tmp, out / INDEX_NAME)

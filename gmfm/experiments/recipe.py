@@ -6,7 +6,7 @@
     name = "mnist"
     [model]                    # backbone = "gmdit" | "mlp2d"; other keys = the backbone's config
     backbone = "gmdit"
-    num_gaussians = 8
+    num_components = 8         # K (both backbones; GM-DiT's config calls it num_gaussians)
     [model.spectrum]           # optional SpectrumMLP (gmdit)
     layers = [64, 8]
     [loss]                     # LossConfig
@@ -27,13 +27,15 @@ import copy
 import dataclasses
 import inspect
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.registry import dataset_options
+from ..guidance import make_guidance
 from ..math.validation import check_float_in, check_positive_int
-from ..solvers.second_order import DEFAULT_COEFS
+from ..solvers.second_order import DEFAULT_COEFS, check_second_order_coefs
 from ..training.config import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -111,8 +113,7 @@ class SampleConfig:
     gm2_coefs: tuple[float, float] = DEFAULT_COEFS
 
     def __post_init__(self) -> None:
-        from ..solvers.by_name import SOLVER_NAMES
-        from .sampling import make_guidance
+        from ..solvers.catalog import SOLVER_NAMES
 
         if self.solver is not None and self.solver not in SOLVER_NAMES:
             raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
@@ -123,9 +124,7 @@ class SampleConfig:
         if not isinstance(self.spectral, bool):
             raise ValueError(f"spectral must be true or false, got {self.spectral!r}")
         check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
-        if not isinstance(self.gm2_coefs, (list, tuple)) or len(self.gm2_coefs) != 2:
-            raise ValueError(f"gm2_coefs must be two numbers (ca, cb), got {self.gm2_coefs!r}")
-        object.__setattr__(self, "gm2_coefs", tuple(check_float_in("gm2_coefs", c, 0.0, 1e3) for c in self.gm2_coefs))
+        object.__setattr__(self, "gm2_coefs", check_second_order_coefs(self.gm2_coefs))
 
 
 @dataclass(frozen=True)
@@ -196,15 +195,42 @@ def _fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+#: [model] keys renamed in recipes: old name -> new name (the old one still works, with a warning).
+RENAMED_MODEL_KEYS = {"num_gaussians": "num_components"}
+
+
 def backbone_options(backbone: str) -> list[str]:
-    """The ``[model]`` keys a backbone accepts (its config's fields), besides ``backbone``."""
+    """The ``[model]`` keys a backbone accepts (its config's fields, K as ``num_components`` for both),
+    besides ``backbone``."""
     if backbone == "mlp2d":
         from ..models.mlp2d import MLP2DConfig
 
         return [f for f in _fields(MLP2DConfig) if f != "num_classes"]
     from ..models.gmdit import GMDiTTransformer2DModel
 
-    return [p for p in inspect.signature(GMDiTTransformer2DModel.__init__).parameters if p != "self"]
+    names = [p for p in inspect.signature(GMDiTTransformer2DModel.__init__).parameters if p != "self"]
+    return [RENAMED_MODEL_KEYS.get(p, p) for p in names]
+
+
+def _renamed_model_keys(model: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """``model`` with old key names replaced by the new ones (a warning names the file, when ``warn``)."""
+    for old, new in RENAMED_MODEL_KEYS.items():
+        if old in model:
+            if new in model:
+                raise RecipeError(f"{source}: [model] has both {old} and {new}; keep {new}")
+            if warn:
+                warnings.warn(f"{source}: [model] {old} is deprecated, use {new}", FutureWarning, stacklevel=3)
+            model[new] = model.pop(old)
+    return model
+
+
+def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved settings (:meth:`Recipe.identity` of an older gmfm) in today's key names, so that an
+    older run folder resumes."""
+    upgraded = copy.deepcopy(saved)
+    if isinstance(upgraded.get("model"), dict):
+        _renamed_model_keys(upgraded["model"], "saved settings", warn=False)
+    return upgraded
 
 
 def _build_section(source: str, table: str, cls: type, values: dict[str, Any]) -> Any:
@@ -215,8 +241,14 @@ def _build_section(source: str, table: str, cls: type, values: dict[str, Any]) -
         raise RecipeError(f"{source}: [{table}] {err}") from err
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Build and check a :class:`Recipe` from TOML-shaped tables."""
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>", *, warn_renamed: bool = True) -> Recipe:
+    """Build and check a :class:`Recipe` from TOML-shaped tables.
+
+    Args:
+        raw: the tables.
+        source: names the recipe in error messages.
+        warn_renamed: warn about old key names (off for recipes stored in older checkpoints).
+    """
     raw = copy.deepcopy(raw)
     _check_keys(source, "top level", raw, ("kind", *SECTIONS))
     kind = raw.get("kind", "gmflow")
@@ -234,6 +266,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     if backbone not in BACKBONES:
         raise RecipeError(f"{source}: [model] backbone must be one of {BACKBONES}, got {backbone!r}")
     model["backbone"] = backbone
+    _renamed_model_keys(model, source, warn_renamed)
     spectrum = model.pop("spectrum", None)
     _check_keys(source, "model", model, ["backbone", *backbone_options(backbone)])
     if spectrum is not None:
@@ -251,7 +284,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 
 def _image_datasets() -> tuple[str, ...]:
-    from ..data.toy2d import TOY_DATASET_NAMES
+    from ..data.toy_distributions import TOY_DATASET_NAMES
     from ..data.registry import dataset_names
 
     return tuple(n for n in dataset_names() if n not in TOY_DATASET_NAMES)
@@ -265,6 +298,25 @@ def _known(name: str, source: str | None = None) -> bool:
     if source is None:
         return False
     raise RecipeError(f"{source}: [data] name {name!r} is not a known dataset; known: {', '.join(dataset_names())}")
+
+
+def parse_option_pairs(pairs: list[str] | None, flag: str = "--option") -> dict[str, Any]:
+    """``key=value`` strings (e.g. the command line's dataset options) as a table; values are read as TOML
+    scalars (numbers, true / false, quoted text), else kept as text.
+
+    Raises:
+        ValueError: naming ``flag``, when a pair is not ``key=value``.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must be key=value, got {pair!r}")
+        try:
+            options[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = value
+    return options
 
 
 def config_names() -> tuple[str, ...]:

@@ -42,8 +42,11 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
 def command_line() -> str:
     """The command that runs this process, as a user would type it."""
     program = sys.argv[0]
-    if program.endswith(("gmfm", "__main__.py")):
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if program.endswith(("gmfm", "__main__.py")) or (spec is not None and spec.name.startswith("gmfm")):
         head = ["gmfm"]
+    elif spec is not None and spec.name:  # python -m package.module
+        head = ["python", "-m", spec.name]
     else:
         head = ["python", os.path.relpath(program)]
     return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])

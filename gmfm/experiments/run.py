@@ -12,7 +12,7 @@ from torch import nn
 from ..data.base import Dataset
 from ..training import Checkpoint, TrainResult, load_trained_model, train
 from .build import build_loss, build_model, load_dataset, spectrum_net_of
-from .recipe import Recipe, RecipeError, recipe_from_dict
+from .recipe import Recipe, RecipeError, recipe_from_dict, upgrade_settings
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +60,7 @@ def train_recipe(recipe: Recipe, out_dir: str | Path | None, *, dataset: Dataset
     loss = build_loss(recipe, dataset.num_classes)
     metadata = {"recipe": recipe.as_dict(), "dataset": _dataset_metadata(dataset),
                 "model": {"class": type(model).__name__}}
-    return train(model, loss, dataset.train, recipe.train, out_dir,
+    return train(model, loss, dataset.train, recipe.train, out_dir, upgrade_settings=upgrade_settings,
                  resume=resume, metadata=metadata, settings=recipe.identity(),
                  allow_changed_settings=allow_changed_settings, progress=progress)
 
@@ -87,7 +87,7 @@ def load_run(path: str | Path, use_ema: bool = True, device: str | torch.device 
             raise ValueError(f"checkpoint {ckpt.path} was not written by a gmfm experiment (no recipe in its "
                              "metadata)")
         try:
-            recipe = recipe_from_dict(meta["recipe"], f"{ckpt.path} (recipe)")
+            recipe = recipe_from_dict(meta["recipe"], f"{ckpt.path} (recipe)", warn_renamed=False)
             data = meta["dataset"]
             event_shape, num_classes = tuple(int(v) for v in data["event_shape"]), int(data["num_classes"])
         except (KeyError, TypeError, ValueError) as err:

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..guidance import ClassifierFreeGuidance, Guidance, ProbabilisticGuidance
+from ..guidance import ClassifierFreeGuidance, Guidance, ProbabilisticGuidance, make_guidance
 from ..math.validation import check_positive_int
 from ..models.protocols import null_label
-from ..solvers.by_name import IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, sample_with
+from ..solvers.catalog import IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, sample_with
 from .run import TrainedModel
-
-
-def make_guidance(guidance_scale: float = 0.0, orthogonal_guidance: float = 1.0,
-                  cfg_scale: float = 1.0) -> Guidance | None:
-    """The guidance value of the sampling options (one place for the command line, recipes and benchmarks).
-
-    Args:
-        guidance_scale: probabilistic guidance w in [0, 1) (0: off).
-        orthogonal_guidance: its projection weight in [0, 1].
-        cfg_scale: vanilla CFG scale >= 0 (1: off).
-
-    Returns:
-        :class:`~gmfm.guidance.ProbabilisticGuidance`, :class:`~gmfm.guidance.ClassifierFreeGuidance` or
-        None when neither is on.
-
-    Raises:
-        ValueError: both are on, or a value is out of range.
-    """
-    pg = ProbabilisticGuidance(guidance_scale, orthogonal_guidance)
-    cfg = ClassifierFreeGuidance(cfg_scale)
-    if pg.needs_uncond and cfg.needs_uncond:
-        raise ValueError("use either guidance_scale (probabilistic guidance) or cfg_scale (vanilla CFG), not both")
-    return pg if pg.needs_uncond else (cfg if cfg.needs_uncond else None)
 
 
 def default_solver(trained: TrainedModel) -> str:
@@ -44,6 +23,84 @@ def default_solver(trained: TrainedModel) -> str:
     return "dpmpp2m" if images else "euler"
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Every sampling choice of a trained run, settled in one place (:meth:`resolve`) and used by the
+    command line, :func:`sample_trained` and :func:`gmfm.experiments.evaluation.evaluate_run`.
+
+    solver: a name of :data:`gmfm.solvers.SOLVER_NAMES`; nfe: network evaluations; substeps: GM-ODE
+    substeps per step (None for the other solvers); guidance: None or a :class:`~gmfm.guidance.Guidance`;
+    second_order_coefs: (ca, cb) of the 2nd-order GM solvers; spectral: spectral sampling for GM-SDE
+    (only when the model has a spectrum net); shift: time shift of the grid.
+    """
+
+    solver: str
+    nfe: int
+    substeps: int | None
+    guidance: Guidance | None
+    second_order_coefs: tuple[float, float]
+    spectral: bool
+    shift: float
+
+    @classmethod
+    def resolve(cls, trained: TrainedModel, solver: str | None = None, nfe: int | None = None, *,
+                substeps: int | None = None, guidance: Guidance | None = None, guidance_scale: float | None = None,
+                orthogonal_guidance: float | None = None, cfg_scale: float | None = None,
+                spectral: bool | None = None, second_order_coefs: tuple[float, float] | None = None) -> SamplingPlan:
+        """The plan of ``trained``: each argument left None takes the recipe's ``[sample]`` value, then the
+        built-in default (:func:`default_solver`; GM-ODE substeps :func:`gmfm.solvers.default_substeps`,
+        at most 16 per step on images).
+
+        Args:
+            guidance: a guidance value; overrides ``guidance_scale`` / ``orthogonal_guidance`` /
+                ``cfg_scale`` (the settings of :func:`gmfm.guidance.make_guidance`).
+
+        Raises:
+            ValueError: an unknown solver, a number out of range, guidance on an unconditional model.
+        """
+        s = trained.recipe.sample
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        solver = solver or s.solver or default_solver(trained)
+        if solver not in SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
+        nfe = check_positive_int("nfe", pick(nfe, s.nfe))
+        images = trained.event_shape[1:] != (1, 1)
+        if solver.startswith("gmode"):
+            substeps = check_positive_int("substeps", pick(substeps, s.substeps) or default_substeps(
+                nfe, IMAGE_MAX_SUBSTEPS if images else None))
+        else:
+            substeps = None
+        if guidance is None:
+            guidance = make_guidance(pick(guidance_scale, s.guidance_scale),
+                                     pick(orthogonal_guidance, s.orthogonal_guidance), pick(cfg_scale, s.cfg_scale))
+        elif not guidance.needs_uncond:
+            guidance = None
+        if guidance is not None and not trained.num_classes:
+            raise ValueError("guidance needs a class-conditional model")
+        return cls(solver, nfe, substeps, guidance, tuple(pick(second_order_coefs, s.gm2_coefs)),
+                   bool(pick(spectral, s.spectral)), s.shift)
+
+    def describe(self) -> dict[str, object]:
+        """The plan as JSON-able values (what result files record)."""
+        return {"solver": self.solver, "nfe": self.nfe, "substeps": self.substeps,
+                "guidance": repr(self.guidance) if self.guidance is not None else None,
+                "second_order_coefs": list(self.second_order_coefs), "spectral": self.spectral, "shift": self.shift}
+
+    def tag(self) -> str:
+        """A file-name part naming solver, NFE and guidance, e.g. ``gmode2_nfe8_pg0.3``."""
+        out = f"{self.solver}_nfe{self.nfe}"
+        if isinstance(self.guidance, ProbabilisticGuidance):
+            out += f"_pg{self.guidance.scale:g}" + ("" if self.guidance.orthogonal == 1 else
+                                                    f"_orth{self.guidance.orthogonal:g}")
+        elif isinstance(self.guidance, ClassifierFreeGuidance):
+            out += f"_cfg{self.guidance.scale:g}"
+        elif self.guidance is not None:
+            out += f"_{type(self.guidance).__name__.lower()}"
+        if self.solver.startswith("gmsde") and not self.spectral:
+            out += "_nospectral"
+        return out
+
+
 def sample_seeds(seed: int, indices: range) -> list[torch.Generator]:
     """One generator per sample index: sample i of a seeded set is the same whatever the batching."""
     return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
@@ -51,39 +108,31 @@ def sample_seeds(seed: int, indices: range) -> list[torch.Generator]:
 
 @torch.no_grad()
 def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | None = None, *,
-                   labels: Tensor | None = None, num_samples: int | None = None, guidance: Guidance | None = None,
-                   substeps: int | None = None, spectral: bool | None = None, seed: int = 0, first_index: int = 0,
-                   per_sample_seeds: bool | None = None, batch_size: int = 500, device: str | torch.device = "cpu",
-                   second_order_coefs: tuple[float, float] | None = None, progress: bool = False) -> Tensor:
+                   plan: SamplingPlan | None = None, labels: Tensor | None = None, num_samples: int | None = None,
+                   guidance: Guidance | None = None, substeps: int | None = None, spectral: bool | None = None,
+                   seed: int = 0, first_index: int = 0, per_sample_seeds: bool | None = None, batch_size: int = 500,
+                   device: str | torch.device = "cpu", second_order_coefs: tuple[float, float] | None = None,
+                   progress: bool = False) -> Tensor:
     """Samples (N, C, H, W) (2-D points: (N, 2, 1, 1)) of a trained model, on the CPU in float32.
 
     Args:
         trained: from :func:`gmfm.experiments.load_run`.
-        solver, nfe, substeps, spectral: default to the recipe's ``[sample]`` table (and
-            :func:`default_solver`); GM-ODE substeps default to :func:`gmfm.solvers.default_substeps`
-            (capped at 16 per step for images).
+        plan: the sampling choices (:class:`SamplingPlan`); without one, ``solver``, ``nfe``, ``guidance``,
+            ``substeps``, ``spectral`` and ``second_order_coefs`` make it through :meth:`SamplingPlan.resolve`
+            (None: the recipe's ``[sample]`` value, then the built-in default).
         labels: (N,) class ids for a class-conditional model (None: uniform random classes, drawn from
             ``seed``); ``num_samples`` is N when ``labels`` is None.
-        guidance: a :class:`gmfm.guidance.Guidance` (see :func:`make_guidance`); the unconditional rows use
-            the model's null label.
-        second_order_coefs: (ca, cb) of the 2nd-order solvers (default: the recipe's ``gm2_coefs``).
         seed, first_index: sample i of the set is drawn from a generator seeded with (seed, first_index + i)
             when ``per_sample_seeds`` (default for images), so a set does not depend on ``batch_size`` or on
             how it is sharded; else one generator per call (fast for 100k 2-D points).
     """
-    sample_cfg = trained.recipe.sample
-    solver = solver or sample_cfg.solver or default_solver(trained)
-    if solver not in SOLVER_NAMES:
-        raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
-    nfe = check_positive_int("nfe", nfe if nfe is not None else sample_cfg.nfe)
+    if plan is None:
+        plan = SamplingPlan.resolve(trained, solver, nfe, substeps=substeps, guidance=guidance, spectral=spectral,
+                                    second_order_coefs=second_order_coefs)
     check_positive_int("batch_size", batch_size)
     images = trained.event_shape[1:] != (1, 1)
     per_sample_seeds = images if per_sample_seeds is None else per_sample_seeds
-    substeps = substeps if substeps is not None else sample_cfg.substeps
-    if substeps is None and solver.startswith("gmode"):
-        substeps = default_substeps(nfe, IMAGE_MAX_SUBSTEPS if images else None)
-    spectral = sample_cfg.spectral if spectral is None else spectral
-    spectrum = trained.spectrum_net if (spectral and solver.startswith("gmsde")) else None
+    spectrum = trained.spectrum_net if (plan.spectral and plan.solver.startswith("gmsde")) else None
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         if num_samples is None:
@@ -94,7 +143,7 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
     else:
         labels = _check_labels(labels, trained.num_classes)
         num_samples = len(labels)
-    if guidance is not None and guidance.needs_uncond and not trained.num_classes:
+    if plan.guidance is not None and not trained.num_classes:
         raise ValueError("guidance needs a class-conditional model")
     model = trained.model.to(device)
     null = getattr(model, "null_label", null_label(trained.num_classes))
@@ -111,9 +160,9 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
             draw_with = generator
         cond = labels[start:start + n].to(device) if labels is not None else None
         uncond = torch.full_like(cond, null) if cond is not None else None
-        x = sample_with(solver, model, noise.to(device), nfe, substeps=substeps, shift=sample_cfg.shift,
-                        condition=cond, uncond_condition=uncond, guidance=guidance, spectrum=spectrum,
-                        second_order_coefs=second_order_coefs or sample_cfg.gm2_coefs, generator=draw_with)
+        x = sample_with(plan.solver, model, noise.to(device), plan.nfe, substeps=plan.substeps, shift=plan.shift,
+                        condition=cond, uncond_condition=uncond, guidance=plan.guidance, spectrum=spectrum,
+                        second_order_coefs=plan.second_order_coefs, generator=draw_with)
         out.append(x.float().cpu())
     return torch.cat(out)
 

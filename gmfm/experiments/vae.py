@@ -107,3 +107,12 @@ def train_vae(dataset: Dataset, out_dir: str | Path, config: TrainConfig, *, lat
         trained.register_to_config(scaling_factor=1.0 / latent_std(trained, sample))
     trained.save_pretrained(out / "vae")
     return out / "vae"
+
+
+def vae_train_config(iterations: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                     device: str = "auto") -> TrainConfig:
+    """The small VAE's optimisation settings (``gmfm train-vae``): Adam, 100 warm-up iterations, a short
+    Karras EMA (gamma 30), five checkpoints and thirty log rows over the run."""
+    return TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, optimizer="adam", warmup_iters=100,
+                       ema="karras", ema_gamma=30.0, seed=seed, checkpoint_every=max(1, iterations // 5),
+                       log_every=max(1, iterations // 30), device=device)

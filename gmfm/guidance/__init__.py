@@ -4,6 +4,7 @@ and vanilla classifier-free guidance for comparison."""
 from .base import Guidance, GuidedGM, active_guidance, pixel_averaged_gaussian, reweight_towards
 from .cfg import ClassifierFreeGuidance, cfg_gm, cfg_velocity
 from .probabilistic import ProbabilisticGuidance, probabilistic_guidance
+from .settings import make_guidance
 
 __all__ = [
     "Guidance",
@@ -11,6 +12,7 @@ __all__ = [
     "ProbabilisticGuidance",
     "ClassifierFreeGuidance",
     "active_guidance",
+    "make_guidance",
     "probabilistic_guidance",
     "cfg_gm",
     "cfg_velocity",

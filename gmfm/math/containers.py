@@ -33,6 +33,14 @@ def _check_common(name: str, values: dict[str, Tensor]) -> None:
             raise ValueError(f"{name}.{key} is on {value.device} but {name}.{ref_name} is on {ref.device}")
 
 
+def _unchecked(cls: type, **fields: Tensor) -> Any:
+    """An instance of the frozen container ``cls`` holding ``fields``, without ``__post_init__``."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
 @dataclass(frozen=True, eq=False)
 class GaussianMixture:
     """A per-pixel Gaussian mixture with one shared isotropic std per sample (see module docstring).
@@ -102,11 +110,7 @@ class GaussianMixture:
         Returns:
             The GM, holding the given tensors.
         """
-        gm = object.__new__(cls)
-        object.__setattr__(gm, "means", means)
-        object.__setattr__(gm, "logweights", logweights)
-        object.__setattr__(gm, "logstds", logstds)
-        return gm
+        return _unchecked(cls, means=means, logweights=logweights, logstds=logstds)
 
     # ----- shape information -------------------------------------------------------------------------
     @property
@@ -251,6 +255,20 @@ class IsoGaussian:
         if var.shape[:-3] != mean.shape[:-3]:
             check_broadcastable("IsoGaussian.var", var, mean.shape[:-3], 3)
         _check_common("IsoGaussian", {"mean": mean, "var": var})
+
+    @classmethod
+    def trusted(cls, mean: Tensor, var: Tensor) -> IsoGaussian:
+        """A Gaussian from fields that are valid by construction (outputs of gmfm's own operations): no
+        checks.
+
+        Args:
+            mean: (..., C, H, W).
+            var: (..., 1, H, W) or (..., 1, 1, 1), in the dtype and on the device of ``mean``.
+
+        Returns:
+            The Gaussian, holding the given tensors.
+        """
+        return _unchecked(cls, mean=mean, var=var)
 
     @property
     def batch_shape(self) -> torch.Size:

@@ -72,7 +72,7 @@ def _check_x(name: str, x: Tensor, event_shape: torch.Size | None = None,
     return x
 
 
-def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
+def u_to_x0(dist: Dist, x_t: Tensor, sigma: Level, eps: float = EPS) -> Dist:
     """Turn a prediction over u into one over x0 = x_t - sigma u.
 
     For distributions, stds scale by sigma (for a GM, sigma is clamped at ``eps`` inside the log).
@@ -102,7 +102,7 @@ def u_to_x0(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     return _fma(x_t, check_tensor("dist", dist), -s)
 
 
-def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
+def x0_to_u(dist: Dist, x_t: Tensor, sigma: Level, eps: float = EPS) -> Dist:
     """Inverse of :func:`u_to_x0`: u = (x_t - x0) / sigma, sigma clamped at ``eps``.
 
     Args:
@@ -130,7 +130,7 @@ def x0_to_u(dist: Dist, x_t: Tensor, sigma: object, eps: float = EPS) -> Dist:
     return _fma(x_t * inv_s, check_tensor("dist", dist), -inv_s)
 
 
-def forward_diffusion(x0: Tensor, sigma: object, noise: Tensor) -> Tensor:
+def forward_diffusion(x0: Tensor, sigma: Level, noise: Tensor) -> Tensor:
     """Noise data to level sigma: x_t = (1 - sigma) x0 + sigma noise.
 
     Args:
@@ -150,7 +150,7 @@ def forward_diffusion(x0: Tensor, sigma: object, noise: Tensor) -> Tensor:
     return _fma((1 - s) * x0, noise, s)
 
 
-def forward_transition(x_low: Tensor, sigma_low: object, sigma_high: object, noise: Tensor) -> Tensor:
+def forward_transition(x_low: Tensor, sigma_low: Level, sigma_high: Level, noise: Tensor) -> Tensor:
     """Diffuse x at sigma_low further to sigma_high >= sigma_low (builds the transition-loss input).
 
     x_high = (alpha_high/alpha_low) x_low + sqrt(sigma_high^2 - (alpha_high/alpha_low sigma_low)^2) noise,
@@ -198,8 +198,8 @@ def _check_order(sigma_high: Level, sigma_low: Level) -> None:
 def reverse_transition(
     gm: GaussianMixture,
     x_high: Tensor,
-    sigma_high: object,
-    sigma_low: object,
+    sigma_high: Level,
+    sigma_low: Level,
     prediction_type: Literal["u", "x0"] = "u",
     eps: float = EPS,
 ) -> GaussianMixture:
@@ -244,7 +244,7 @@ def reverse_transition(
     return GaussianMixture.trusted(means, gm.logweights, 0.5 * torch.logaddexp(var_part, noise_part))
 
 
-def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Tensor, eps: float = EPS) -> Tensor:
+def sde_step(x0: Tensor, x_t: Tensor, sigma: Level, sigma_to: Level, noise: Tensor, eps: float = EPS) -> Tensor:
     """GM-SDE step from a sample x0 of the denoising distribution: x_to = c1 x_t + c2 x0 + sqrt(c3) noise.
 
     (c1, c2, c3) are the coefficients of q(x_to | x_t, x0) = N(c1 x_t + c2 x0, c3 I) (paper Eq. 9).
@@ -274,7 +274,7 @@ def sde_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, noise: Te
     return _fma(_fma(c1 * x_t, x0, c2), noise, _sqrt_nonneg(c3))
 
 
-def euler_step(x0: Tensor, x_t: Tensor, sigma: object, sigma_to: object, eps: float = EPS) -> Tensor:
+def euler_step(x0: Tensor, x_t: Tensor, sigma: Level, sigma_to: Level, eps: float = EPS) -> Tensor:
     """Flow-ODE Euler step from an x0 prediction: x_to = x_t + (x_t - x0)/sigma (sigma_to - sigma).
 
     Args:
@@ -321,7 +321,7 @@ class DenoisingGMConverter:
     eps: float = EPS
 
     @classmethod
-    def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: object, eps: float = EPS) -> DenoisingGMConverter:
+    def create(cls, gm: GaussianMixture, x_src: Tensor, sigma_src: Level, eps: float = EPS) -> DenoisingGMConverter:
         """Build the converter of an x0-GM predicted at (x_src, sigma_src).
 
         Args:
@@ -354,8 +354,10 @@ class DenoisingGMConverter:
         s = _float64(self.sigma_src)
         return ((1 - s) / s) ** 2, (1 - s) / s**2
 
-    def _reweighting(self, x_tgt: Tensor, sigma_tgt: object) -> tuple[Tensor, Tensor, Tensor]:
-        """(nu (..., 1, C, H, W), denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point."""
+    def _reweighting(self, x_tgt: Tensor, sigma_tgt: Level) -> tuple[Tensor, Tensor, Tensor]:
+        """(nu (..., 1, C, H, W), 1 / denom (..., 1, 1, 1, 1), logits (..., K, 1, H, W)) at the target point.
+
+        Two fused kernels make the logits (the substep loop of GM-ODE runs this at every substep)."""
         _check_x("x_tgt", x_tgt, self.gm.event_shape, self.gm)
         s_tgt = _float64(_clamp_min(as_level("sigma_tgt", sigma_tgt, self.x_src), self.eps))
         src_precision, c_src = self._src_coefficients
@@ -364,11 +366,11 @@ class DenoisingGMConverter:
         zeta = _for_gm(_to_dtype(((1 - s_tgt) / s_tgt) ** 2 - src_precision, dtype))
         nu = _fma((x_tgt - self.x_src) * _to_dtype(c_tgt, dtype), self.x_src, _to_dtype(c_tgt - c_src, dtype))
         nu = nu.unsqueeze(-4)
-        denom = (self._var * zeta + 1).clamp(min=self.eps)
-        logits = self.gm.logweights + (channel_dot(self.gm.means, nu) - 0.5 * zeta * self._sq_norms) / denom
-        return nu, denom, logits
+        inv_denom = (self._var * zeta + 1).clamp(min=self.eps).reciprocal()
+        scaled = _fma(channel_dot(self.gm.means, nu), self._sq_norms, -0.5 * zeta)  # nu.mu - zeta |mu|^2 / 2
+        return nu, inv_denom, torch.addcmul(self.gm.logweights, scaled, inv_denom)
 
-    def mean(self, x_tgt: Tensor, sigma_tgt: object) -> Tensor:
+    def mean(self, x_tgt: Tensor, sigma_tgt: Level) -> Tensor:
         """Mean of the re-conditioned x0-GM, without building the GM.
 
         Args:
@@ -382,11 +384,11 @@ class DenoisingGMConverter:
         Raises:
             ValueError: if ``x_tgt``, its shape or dtype, or ``sigma_tgt`` is invalid.
         """
-        nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
+        nu, inv_denom, logits = self._reweighting(x_tgt, sigma_tgt)
         weighted = (torch.softmax(logits, dim=-4) * self.gm.means).sum(dim=-4)  # weights sum to 1
-        return torch.addcmul(weighted, nu.squeeze(-4), self._var.squeeze(-4)) / denom.squeeze(-4)
+        return torch.addcmul(weighted, nu.squeeze(-4), self._var.squeeze(-4)).mul_(inv_denom.squeeze(-4))
 
-    def converted(self, x_tgt: Tensor, sigma_tgt: object) -> GaussianMixture:
+    def converted(self, x_tgt: Tensor, sigma_tgt: Level) -> GaussianMixture:
         """The full re-conditioned x0-GM.
 
         Args:
@@ -400,14 +402,14 @@ class DenoisingGMConverter:
         Raises:
             ValueError: if ``x_tgt``, its shape or dtype, or ``sigma_tgt`` is invalid.
         """
-        nu, denom, logits = self._reweighting(x_tgt, sigma_tgt)
-        means = torch.addcmul(self._var * nu / denom, self.gm.means, 1 / denom)  # (mu + v nu) / d
+        nu, inv_denom, logits = self._reweighting(x_tgt, sigma_tgt)
+        means = torch.addcmul(self._var * nu * inv_denom, self.gm.means, inv_denom)  # (mu + v nu) / d
         return GaussianMixture.trusted(means, torch.log_softmax(logits, dim=-4),
-                                       self.gm.logstds - 0.5 * torch.log(denom))
+                                       self.gm.logstds + 0.5 * torch.log(inv_denom))
 
 
 def convert_denoising_gm(
-    gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
+    gm: GaussianMixture, x_src: Tensor, sigma_src: Level, x_tgt: Tensor, sigma_tgt: Level, eps: float = EPS
 ) -> GaussianMixture:
     """Re-condition an x0-GM predicted at (x_src, sigma_src) on (x_tgt, sigma_tgt).
 
@@ -431,7 +433,7 @@ def convert_denoising_gm(
 
 
 def convert_denoising_gm_mean(
-    gm: GaussianMixture, x_src: Tensor, sigma_src: object, x_tgt: Tensor, sigma_tgt: object, eps: float = EPS
+    gm: GaussianMixture, x_src: Tensor, sigma_src: Level, x_tgt: Tensor, sigma_tgt: Level, eps: float = EPS
 ) -> Tensor:
     """Mean of :func:`convert_denoising_gm`, without building the full GM.
 

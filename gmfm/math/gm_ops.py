@@ -54,17 +54,24 @@ def official_floors() -> Iterator[FloorReport]:
         _OFFICIAL_FLOORS.reset(token)
 
 
-def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_EPS) -> Tensor:
+_WORKING_DTYPES = (torch.float32, torch.float64)
+_TINY = {dtype: torch.finfo(dtype).tiny for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_EPS, *,
+                   floor: Tensor | None = None) -> Tensor:
     """``value`` clamped below at a floor that follows the operands' scale.
 
-    The floor is ``rel * |scale|`` plus the dtype's smallest normal number (no scale: that number alone),
-    so data with a tiny spread is treated as data with a unit spread is. Inside :func:`official_floors`,
-    the official absolute 1e-6 (``EPS``) instead, and the report counts the calls where it changed a value.
+    The floor is ``rel * |scale|`` (or ``floor``, when the caller has it at hand), and at least the dtype's
+    smallest normal number (no scale: that number alone), so data with a tiny spread is treated as data
+    with a unit spread is. Inside :func:`official_floors`, the official absolute 1e-6 (``EPS``) instead,
+    and the report counts the calls where it changed a value.
 
     Args:
         value: the quantity to floor (any shape).
         scale: the operands' scale, broadcastable to ``value``; None for the absolute floor.
         rel: the relative floor.
+        floor: ``rel * |scale|`` computed by the caller (non-negative), instead of ``scale`` and ``rel``.
 
     Returns:
         The floored tensor, of the broadcast shape of ``value`` and ``scale``.
@@ -74,8 +81,12 @@ def variance_floor(value: Tensor, scale: Tensor | None = None, rel: float = REL_
         if bool((value < EPS).any()):
             report.bound += 1
         return value.clamp(min=EPS)
-    tiny = torch.finfo(value.dtype).tiny
-    return value.clamp(min=tiny) if scale is None else torch.maximum(value, scale.abs() * rel + tiny)
+    tiny = _TINY.get(value.dtype) or torch.finfo(value.dtype).tiny
+    if floor is None:
+        if scale is None:
+            return value.clamp(min=tiny)
+        floor = scale.abs().mul_(rel)
+    return torch.maximum(value, floor).clamp_(min=tiny)
 
 
 def upcast(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
@@ -88,6 +99,8 @@ def upcast(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
         (the first input's dtype, all inputs converted to that dtype promoted to float32 at least).
     """
     dtype = tensors[0].dtype
+    if dtype in _WORKING_DTYPES and all(t.dtype == dtype for t in tensors):
+        return dtype, list(tensors)  # the common case, without a conversion call per tensor
     work = torch.promote_types(dtype, torch.float32)
     return dtype, [t.to(work) for t in tensors]
 
@@ -232,11 +245,22 @@ def iso_gaussian_mul_iso_gaussian(
     Returns:
         The product as an :class:`IsoGaussian`, in the dtype of ``g1``.
     """
+    if power_1 == 0 and power_2 == 0:
+        raise ValueError("power_1 and power_2 must not both be 0")
+    if power_1 == 0:  # the product is N2^power_2 alone
+        return iso_gaussian_mul_iso_gaussian(g2, g1, power_2, power_1, eps)
     dtype, (m1, v1, m2, v2) = upcast(g1.mean, g1.var, g2.mean, g2.var)
-    a, b = power_1 * v2, power_2 * v1
-    inv_norm = variance_floor(a + b, a.abs() + b.abs(), eps).reciprocal()
-    mean = torch.addcmul(m1 * (a * inv_norm), m2, b * inv_norm)
-    return IsoGaussian(mean.to(dtype), (v1 * v2 * inv_norm).to(dtype))
+    # In units of |p1| (r = p2 / |p1|, s = sign p1): d = s v2 + r v1, mean = (s v2 m1 + r v1 m2) / d,
+    # var = v1 v2 / (|p1| d); few, small kernels on the (..., 1, 1, 1) variances, as this op runs several
+    # times per solver step.
+    r = power_2 / abs(power_1)
+    norm = torch.add(v2, v1, alpha=r) if power_1 > 0 else torch.sub(v1 * r, v2)
+    floor = torch.add(v2, v1, alpha=abs(r)).mul_(eps)  # eps (|p1 v2| + |p2 v1|) / |p1| (variances are >= 0)
+    inv_norm = variance_floor(norm, floor=floor).reciprocal_()
+    w2 = v2 * inv_norm
+    mean = torch.addcmul(m2 * (v1 * inv_norm).mul_(r), m1, w2, value=1 if power_1 > 0 else -1)
+    var = v1 * w2 if abs(power_1) == 1 else (v1 * w2).div_(abs(power_1))
+    return IsoGaussian.trusted(mean, var) if mean.dtype == dtype else IsoGaussian.trusted(mean.to(dtype), var.to(dtype))
 
 
 def gm_mul_iso_gaussian(

@@ -196,7 +196,7 @@ def check_float_in(
     return float(value)
 
 
-def as_sigma(name: str, sigma: object, batch_shape: Sequence[int], like: Tensor) -> Tensor:
+def as_sigma(name: str, sigma: float | Tensor, batch_shape: Sequence[int], like: Tensor) -> Tensor:
     """Turn a noise level into a tensor of shape ``batch_shape`` with the dtype and device of ``like``.
 
     Args:
@@ -244,7 +244,7 @@ def pad_right(t: Tensor, ndim: int) -> Tensor:
 Level = Union[float, Tensor]
 
 
-def as_level(name: str, sigma: object, x: Tensor) -> Level:
+def as_level(name: str, sigma: float | Tensor, x: Tensor) -> Level:
     """Check a noise level for samples ``x``: numbers stay floats, per-sample tensors become (..., 1, 1, 1).
 
     Args:

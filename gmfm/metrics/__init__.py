@@ -12,7 +12,7 @@ from .images import (
     saturation,
     train_classifier,
 )
-from .toy2d import (
+from .points2d import (
     Toy2DMetrics,
     evaluate_toy2d,
     histogram2d,

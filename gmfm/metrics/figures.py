@@ -9,7 +9,8 @@ import numpy as np
 from torch import Tensor
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot with the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,12 +19,13 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG at 110 dpi; folders created) and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -73,7 +75,7 @@ def save_histogram_grid(
     Returns:
         ``path`` as a Path.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols = len(row_labels), len(col_labels)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols + 0.8, 2.0 * rows + (0.5 if title else 0.2)),
                              squeeze=False)
@@ -93,7 +95,7 @@ def save_histogram_grid(
                 ax.set_ylabel(row_labels[r], fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def save_metric_plot(
@@ -118,7 +120,7 @@ def save_metric_plot(
     Returns:
         ``path`` as a Path.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in series.items():
         nfes = sorted(values)
@@ -135,7 +137,7 @@ def save_metric_plot(
         ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int = 10, row_labels: Sequence[str] | None = None,
@@ -152,7 +154,7 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 10, row_labels
     Returns:
         ``path`` as a Path.
     """
-    plt = _pyplot()
+    plt = pyplot()
     x = ((images.float().clamp(-1, 1) + 1) / 2).cpu().numpy()
     n = len(x)
     rows = (n + nrow - 1) // nrow
@@ -170,4 +172,4 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 10, row_labels
         ax.set_yticklabels(row_labels, fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)

@@ -3,8 +3,7 @@
 
 __all__ = ["FlowEulerODEScheduler", "GMDiTPipeline", "GMFlowSDEScheduler"]
 
-_LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMFlowSDEScheduler": "..solvers.schedulers",
-         "FlowEulerODEScheduler": "..solvers.schedulers"}
+_LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMFlowSDEScheduler": ".schedulers", "FlowEulerODEScheduler": ".schedulers"}
 
 
 def __getattr__(name: str):

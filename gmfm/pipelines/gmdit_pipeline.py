@@ -24,7 +24,6 @@ step: :class:`FlowEulerODEScheduler` + "mean" is GM-ODE, :class:`GMFlowSDESchedu
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,8 +45,8 @@ from ..math.validation import check_positive_int
 from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
 from ..models.gmflow_model import GMFlowModel
 from ..solvers.gm_solver import guided_condition, predict_step
-from ..solvers.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
-from ..solvers.second_order import DEFAULT_COEFS, SecondOrderState
+from ..solvers.second_order import DEFAULT_COEFS, SecondOrderState, check_second_order_coefs
+from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 OUTPUT_MODES = ("mean", "sample")
@@ -269,7 +268,7 @@ class GMDiTPipeline(DiffusionPipeline):
         check_positive_int("num_images_per_prompt", num_images_per_prompt)
         if order not in (1, 2) or isinstance(order, bool):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
-        coefs = _check_coefs(gm2_coefs)
+        coefs = check_second_order_coefs(gm2_coefs)
         if isinstance(gm2_correction_steps, bool) or not isinstance(gm2_correction_steps, int) \
                 or gm2_correction_steps < 0:
             raise ValueError(f"gm2_correction_steps must be an integer >= 0, got {gm2_correction_steps!r}")
@@ -359,14 +358,6 @@ def _check_scheduler(scheduler: object) -> None:
     raise ValueError(f"GMDiTPipeline cannot drive a {type(scheduler).__name__}: use FlowEulerODEScheduler (GM-ODE "
                      "with output_mode='mean') or GMFlowSDEScheduler (GM-SDE with output_mode='sample'), e.g. "
                      "pipe.scheduler = FlowEulerODEScheduler.from_config(pipe.scheduler.config)")
-
-
-def _check_coefs(gm2_coefs: Sequence[float]) -> tuple[float, float]:
-    values = list(gm2_coefs) if isinstance(gm2_coefs, (Sequence, np.ndarray)) else []
-    if len(values) != 2 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                                   for v in values):
-        raise ValueError(f"gm2_coefs must be two finite numbers (ca, cb), got {gm2_coefs!r}")
-    return float(values[0]), float(values[1])
 
 
 def _is_integer_dtype(dtype: Any) -> bool:

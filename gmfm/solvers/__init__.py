@@ -1,7 +1,7 @@
-"""Samplers: the official time grid, GM-SDE / GM-ODE of order 1 and 2, baseline flow solvers, and the
-diffusers-style schedulers (imported on first use)."""
+"""Samplers in plain PyTorch: the official time grid, GM-SDE / GM-ODE of order 1 and 2, baseline flow
+solvers, and the catalogue of named solvers. (The diffusers schedulers live in :mod:`gmfm.pipelines`.)"""
 
-from .by_name import GM_SOLVERS, IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, is_gm_solver, sample_with
+from .catalog import GM_SOLVERS, IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, is_gm_solver, sample_with
 from .flow_solvers import FLOW_SOLVERS, FlowSampleOutput, flow_sample, mean_velocity
 from .gm_solver import GMFlowSampleOutput, GMFlowStep, concat_conditions, gmflow_sample
 from .second_order import DEFAULT_COEFS, SecondOrderOutput, SecondOrderState, second_order_correction
@@ -27,17 +27,4 @@ __all__ = [
     "FLOW_SOLVERS",
     "DEFAULT_COEFS",
     "IMAGE_MAX_SUBSTEPS",
-    "FlowEulerODEScheduler",
-    "GMFlowSDEScheduler",
 ]
-
-_LAZY = {"FlowEulerODEScheduler": ".schedulers", "GMFlowSDEScheduler": ".schedulers"}
-
-
-def __getattr__(name: str):
-    # the diffusers-style schedulers import diffusers: only when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,16 +14,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import Tensor
 
 from ..guidance.base import GuidedGM, reweight_towards
 from ..math.containers import GaussianMixture, IsoGaussian
 from ..math.flow import convert_denoising_gm_mean
 from ..math.gm_ops import gm_mean, variance_floor
-from ..math.validation import as_level
+from ..math.validation import as_level, check_float_in
 
 #: Official damping coefficients (ca, cb) of the 2nd-order mean difference.
 DEFAULT_COEFS = (0.005, 1.0)
+
+
+def check_second_order_coefs(coefs: object, name: str = "gm2_coefs") -> tuple[float, float]:
+    """``coefs`` as (ca, cb) floats if it is two finite numbers in [0, 1000].
+
+    Args:
+        coefs: the damping coefficients (a sequence of two numbers).
+        name: the argument's name in error messages.
+
+    Returns:
+        (ca, cb).
+
+    Raises:
+        ValueError: naming ``name``, if ``coefs`` is not two numbers in [0, 1000].
+    """
+    values = list(coefs) if isinstance(coefs, (list, tuple, np.ndarray)) else []
+    if len(values) != 2:
+        raise ValueError(f"{name} must be two numbers (ca, cb), got {coefs!r}")
+    ca, cb = (check_float_in(name, v, 0.0, 1e3) for v in values)
+    return ca, cb
+
+
 #: Smallest share of the surrogate variance the corrected target keeps (official value).
 _POWER_EPS = 1e-6
 

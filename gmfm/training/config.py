@@ -5,26 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..math.validation import check_float_in, check_positive_int
 from .ema import karras_ema_beta, rampup_ema_beta
 
 OPTIMIZERS = ("adam", "adamw", "adamw8bit")
 EMA_KINDS = ("none", "karras", "rampup")
 PRECISIONS = ("no", "bf16")
-
-
-def _int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(name: str, value: object, low: float, high: float, *, low_open: bool = False,
-            high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -68,28 +54,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every"):
-            _int(name, getattr(self, name), 1)
+            check_positive_int(name, getattr(self, name))
         for name in ("warmup_iters", "grad_clip_begin", "seed"):
-            _int(name, getattr(self, name), 0)
+            check_positive_int(name, getattr(self, name), minimum=0)
         if self.micro_batch_size is not None:
-            _int("micro_batch_size", self.micro_batch_size, 1)
+            check_positive_int("micro_batch_size", self.micro_batch_size)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.ema not in EMA_KINDS:
             raise ValueError(f"ema must be one of {EMA_KINDS}, got {self.ema!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
-        _number("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_float_in("lr", self.lr, 0.0, 1.0, low_open=True)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = tuple(_number("betas", b, 0.0, 1.0, high_open=True) for b in self.betas)
-        _number("weight_decay", self.weight_decay, 0.0, 10.0)
+        self.betas = tuple(check_float_in("betas", b, 0.0, 1.0, high_open=True) for b in self.betas)
+        check_float_in("weight_decay", self.weight_decay, 0.0, 10.0)
         if self.grad_clip is not None:
-            _number("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True)
-        _number("ema_gamma", self.ema_gamma, 0.0, 1e6, low_open=True)
-        _number("ema_kimg", self.ema_kimg, 0.0, 1e9, low_open=True)
+            check_float_in("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True)
+        check_float_in("ema_gamma", self.ema_gamma, 0.0, 1e6, low_open=True)
+        check_float_in("ema_kimg", self.ema_kimg, 0.0, 1e9, low_open=True)
         if self.ema_rampup is not None:
-            _number("ema_rampup", self.ema_rampup, 0.0, 1e3, low_open=True)
+            check_float_in("ema_rampup", self.ema_rampup, 0.0, 1e3, low_open=True)
         for name in ("gradient_checkpointing", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -18,7 +18,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,6 +210,7 @@ def train(
     metadata: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
     allow_changed_settings: bool = False,
+    upgrade_settings: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` for ``config.iterations`` iterations, under torchrun on every process.
@@ -226,6 +227,7 @@ def train(
         metadata: JSON-able description stored in the checkpoint (how to rebuild the model).
         settings: what defines the run (stored; a resume with other settings raises
             :class:`SettingsChangedError` listing the differences, unless ``allow_changed_settings``).
+        upgrade_settings: maps the settings saved by an older version to today's names before comparing.
 
     Returns:
         :class:`TrainResult` (on every process; ``rank`` says which).
@@ -248,7 +250,7 @@ def train(
     with lock if lock is not None else nullcontext():
         run = TrainingRun(model, loss, data, config, out, dist, rows, metadata or {}, settings or {})
         if resume:
-            run.resume(allow_changed_settings)
+            run.resume(allow_changed_settings, upgrade_settings)
         return run.loop(progress)
 
 
@@ -294,12 +296,16 @@ class TrainingRun:
         self._writer = None
 
     # ----- the steps -----------------------------------------------------------------------------------------
-    def resume(self, allow_changed_settings: bool = False) -> None:
-        """Continue from the run folder's checkpoint, if there is one (settings must match)."""
+    def resume(self, allow_changed_settings: bool = False,
+               upgrade_settings: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Continue from the run folder's checkpoint, if there is one (settings must match, after
+        ``upgrade_settings`` of the saved ones)."""
         if self.ckpt_path is None or not self.ckpt_path.exists():
             return
         ckpt = load_checkpoint(self.ckpt_path)
         saved = ckpt.metadata.get("settings", {})
+        if saved and upgrade_settings is not None:
+            saved = upgrade_settings(saved)
         changes = settings_differences(saved, self.settings) if saved else []
         if changes and not allow_changed_settings:
             raise SettingsChangedError(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gmfm.experiments.toy2d import run_demo
+from gmfm.experiments.checkerboard import run_demo
 from gmfm.cli.main import main
 
 TINY = ["--hidden", "32", "--layers", "2", "--batch-size", "128", "--checkpoint-every", "10", "--log-every", "10",
@@ -34,7 +34,7 @@ def test_train_then_sample_2d(tmp_path, capsys):
     main(["sample-2d", str(out), "--solver", "gmode2", "--nfe", "2", "--num-samples", "500", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "gmode2, NFE 2, 500 samples: TV" in printed
-    assert (out / "samples_gmode2_2.png").exists()
+    assert (out / "samples_gmode2_nfe2.png").exists()
     # the flow-matching twin, sampled with a baseline solver; a conditional dataset with guidance
     fm = tmp_path / "fm"
     main(["train-2d", "--out", str(fm), "--model", "fm", "--iterations", "20", *TINY])

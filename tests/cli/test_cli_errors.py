@@ -88,7 +88,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
 
 BASE_RECIPE = {
     "data": {"name": "'mnist'"},
-    "model": {"backbone": "'gmdit'", "num_gaussians": "2", "patch_size": "8", "num_attention_heads": "1",
+    "model": {"backbone": "'gmdit'", "num_components": "2", "patch_size": "8", "num_attention_heads": "1",
               "attention_head_dim": "8", "num_layers": "1"},
     "train": {"iterations": "2", "batch_size": "2"},
 }
@@ -99,7 +99,7 @@ BASE_RECIPE = {
     ("train", "lr", "'1e-3'", "lr must be a finite number, got '1e-3'"),
     ("train", "betas", "0.9", "betas must be two numbers in [0, 1), got 0.9"),
     ("train", "weight_decay", "-1", "weight_decay must be in [0, 10], got -1"),
-    ("model", "num_gaussians", "0", "[model] num_components and out_channels must be >= 1"),
+    ("model", "num_components", "0", "[model] num_components and out_channels must be >= 1"),
     ("loss", "transition_ratio", "2", "[loss] transition_ratio must be in (0, 1], got 2"),
     ("sample", "nfe", "0", "[sample] nfe must be an integer >= 1, got 0"),
 ])

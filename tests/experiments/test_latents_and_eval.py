@@ -187,3 +187,113 @@ def test_the_imagenet_recipe_runs_on_a_tiny_latent_cache(tmp_path):
     trained = load_run(tmp_path / "run")
     assert trained.event_shape == (4, 8, 8) and trained.num_classes == 3
     assert trained.checkpoint.metadata["dataset"]["extra"]["scaling_factor"] == 0.2
+
+
+def test_the_latent_test_split_is_stratified_seeded_and_unseen_by_training(vae_folder, tmp_path):
+    """Caches are written class by class: the held-out rows are drawn per class (seeded), training never
+    draws them, and the evaluation's real reference is the source images of those rows."""
+    from gmfm.data.latents import stratified_holdout
+    from gmfm.experiments.evaluation import real_images
+
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])  # sorted by class, unequal classes
+    rows = stratified_holdout(labels, 10, seed=0)
+    assert np.bincount(labels[rows], minlength=4).tolist() == [1, 2, 3, 4]
+    assert np.array_equal(rows, stratified_holdout(labels, 10, seed=0))
+    assert not np.array_equal(rows, stratified_holdout(labels, 10, seed=1))
+
+    options = {"train_per_class": 3}
+    mnist = make_dataset("mnist", **options)
+    cache_latents(mnist, vae_folder, tmp_path / "cache", flip="none", dtype="float32", device="cpu", progress=False,
+                  dataset_options=options)
+    cached = make_dataset("latents", path=str(tmp_path / "cache"), holdout=10)
+    test_rows = cached.extra["source_rows"]["test"]
+    assert sorted(cached.split("test").labels.tolist()) == list(range(10))  # one digit of each class
+    drawn = cached.train.batch(2000, torch.Generator().manual_seed(0), slice(0, 2000))
+    all_latents = torch.from_numpy(np.load(tmp_path / "cache" / "latents.npy"))
+    seen = {int(i) for i in torch.cdist(drawn["x0"].flatten(1), all_latents.flatten(1)).argmin(1)}
+    assert seen.isdisjoint(test_rows) and len(seen) == 20
+
+    class Trained:  # what real_images reads of a run
+        recipe = type("R", (), {"dataset_name": "latents", "data": {"name": "latents", "path": str(tmp_path / "cache"),
+                                                                    "holdout": 10}, "source": "test"})()
+        checkpoint = type("C", (), {"metadata": {"dataset": {"extra": {"vae": str(vae_folder), "scaling_factor": 0.5}}}})()
+
+    real = real_images(Trained(), "test")
+    torch.testing.assert_close(real, mnist.extra["source"].images[test_rows].float())
+
+
+def test_an_adm_batch_gives_fid_from_its_statistics_and_precision_from_its_images(tmp_path):
+    """As ADM's evaluator: with mu / sigma in the batch, FID uses them (not arr_0); arr_0 feeds
+    precision / recall."""
+    from gmfm.experiments.evaluation import add_reference
+
+    dist = Distributed(0, 1, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    fake = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1
+    features = TinyFeatures(8, 0)
+    other = torch.rand(200, 3, 16, 16, generator=g) * 2 - 1  # the "whole dataset" the statistics describe
+    with torch.no_grad():
+        f = features((other.clamp(-1, 1) + 1).mul(127.5).round().to(torch.uint8)).double().numpy()
+    batch = tmp_path / "ref.npz"
+    np.savez(batch, arr_0=images.permute(0, 2, 3, 1).numpy(), mu=f.mean(0), sigma=np.cov(f, rowvar=False))
+
+    def fid_against(reference):
+        metrics = FeatureMetrics(features, None)
+        add_reference(metrics, reference, dist)
+        metrics.update(fake, real=False)
+        return metrics.compute(dist)
+
+    from_batch, from_other = fid_against(batch), fid_against(other)
+    assert from_batch.fid == pytest.approx(from_other.fid, rel=1e-4)  # FID from mu / sigma
+    only_images = tmp_path / "images.npz"
+    np.savez(only_images, arr_0=images.permute(0, 2, 3, 1).numpy())
+    assert fid_against(only_images).fid != pytest.approx(from_batch.fid, rel=1e-2)
+    assert from_batch.precision == pytest.approx(fid_against(only_images).precision)  # P/R from arr_0
+
+
+def test_the_inception_metrics_read_local_weights_and_never_download(tmp_path, monkeypatch):
+    """FID and IS both take the Inception weights from the local file, resize without antialiasing (the
+    TF1 resize of standard FID), and a missing file is one clear error, not a download."""
+    from torchmetrics.image import fid as tm_fid
+
+    made = []
+
+    class FakeInception(torch.nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, antialias=True):
+            super().__init__()
+            assert feature_extractor_weights_path is not None, "would download"
+            made.append({"features": features_list, "weights": feature_extractor_weights_path,
+                         "antialias": antialias})
+            self.out = 2048 if features_list == ["2048"] else 1008
+
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x.float(), 1).flatten(1).repeat(1, self.out // 3 + 1)[
+                :, : self.out]
+
+    monkeypatch.setattr(tm_fid, "NoTrainInceptionV3", FakeInception)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"weights")
+    metrics = FeatureMetrics(inception_weights=weights)
+    assert metrics.inception is not None
+    assert [m["features"] for m in made] == [["2048"], ["logits_unbiased"]]
+    assert all(m["weights"] == str(weights) and m["antialias"] is False for m in made)
+    with pytest.raises(ValueError, match="need the Inception weights as a local file"):
+        FeatureMetrics(inception_weights=tmp_path / "missing.pth")
+
+
+def test_eval_results_are_named_by_their_whole_plan(tmp_path):
+    """The default solver is resolved before anything is written, and guidance, seed and sample count
+    each get their own file."""
+    from gmfm.experiments import load_recipe, train_recipe
+
+    train_recipe(load_recipe("mnist_tiny", train={"iterations": 2, "device": "cpu"}), tmp_path / "run", progress=False)
+    kw = dict(nfe=2, extractor=TinyFeatures(8, 0), logits=None, device="cpu", progress=False)
+    paths = [evaluate_run(tmp_path / "run", 10, **kw)["path"],
+             evaluate_run(tmp_path / "run", 10, guidance_options=(0.3, None, None), **kw)["path"],
+             evaluate_run(tmp_path / "run", 10, seed=1, **kw)["path"],
+             evaluate_run(tmp_path / "run", 20, **kw)["path"]]
+    assert len({p.name for p in paths}) == 4
+    assert paths[0].name == "eval_gmode2_nfe2_n10_seed0.json" and paths[1].name == "eval_gmode2_nfe2_pg0.3_n10_seed0.json"
+    result = json.loads(paths[1].read_text())
+    assert result["solver"] == "gmode2" and result["substeps"] == 16 and "ProbabilisticGuidance" in result["guidance"]

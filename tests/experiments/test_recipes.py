@@ -64,7 +64,7 @@ def test_overrides_and_identity():
     ("[data]\nname = 'mnist'\n[train]\niterations = 1\nbatch_size = 1\nepochs = 3",
      r"unknown key\(s\) \['epochs'\] in \[train\]; valid keys: .*batch_size"),
     ("[data]\nname = 'mnist'\n[model]\nnum_gausians = 8\n[train]\niterations = 1\nbatch_size = 1",
-     r"unknown key\(s\) \['num_gausians'\] in \[model\]; valid keys: .*num_gaussians"),
+     r"unknown key\(s\) \['num_gausians'\] in \[model\]; valid keys: .*num_components"),
     ("[data]\nname = 'mnist'\nsize = 3\n[train]\niterations = 1\nbatch_size = 1",
      r"unknown key\(s\) \['size'\] in \[data\]; valid keys: name, train_per_class"),
     ("[data]\nname = 'imagenet-typo'", r"\[data\] name 'imagenet-typo' is not a known dataset"),
@@ -87,3 +87,50 @@ def test_bad_recipes_name_the_table_and_the_key(tmp_path, text, match):
 def test_missing_recipe_lists_the_shipped_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config .*missing.toml does not exist \(shipped recipes: .*mnist_gmflow"):
         load_recipe(tmp_path / "missing.toml")
+
+
+def test_the_old_name_of_k_still_works_with_a_warning(tmp_path):
+    """[model] num_gaussians (the image recipes' old name of K) gives the same recipe as num_components,
+    with a FutureWarning; run folders saved with it still resume."""
+    import warnings
+
+    from gmfm.experiments.recipe import upgrade_settings
+
+    new = tmp_path / "new.toml"
+    new.write_text("[data]\nname = 'mnist'\n[model]\nnum_components = 3\n[train]\niterations = 1\nbatch_size = 1\n")
+    old = tmp_path / "old.toml"
+    old.write_text(new.read_text().replace("num_components", "num_gaussians"))
+    with pytest.warns(FutureWarning, match=r"\[model\] num_gaussians is deprecated, use num_components"):
+        legacy = load_recipe(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        current = load_recipe(new)
+    assert legacy.model == current.model and current.model["num_components"] == 3
+    assert build_model(legacy, (1, 32, 32), 10).net.config.num_gaussians == 3
+    saved = {**current.identity(), "model": {**current.identity()["model"]}}
+    saved["model"]["num_gaussians"] = saved["model"].pop("num_components")
+    assert upgrade_settings(saved) == current.identity()
+    both = tmp_path / "both.toml"
+    both.write_text(new.read_text().replace("num_components = 3", "num_components = 3\nnum_gaussians = 3"))
+    with pytest.raises(RecipeError, match="both num_gaussians and num_components"):
+        load_recipe(both)
+
+
+def test_one_sampling_plan_settles_every_default(tmp_path):
+    """Solver, NFE, substeps, guidance and coefficients come from one place: the arguments, then the
+    recipe's [sample] table, then the built-in defaults."""
+    from gmfm.experiments import SamplingPlan, load_run, train_recipe
+    from gmfm.guidance import ClassifierFreeGuidance, ProbabilisticGuidance
+
+    recipe = load_recipe("mnist_tiny", train={"iterations": 1, "device": "cpu"},
+                         sample={"nfe": 4, "guidance_scale": 0.2, "gm2_coefs": [0.01, 2.0]})
+    train_recipe(recipe, tmp_path / "run", progress=False)
+    trained = load_run(tmp_path / "run")
+    plan = SamplingPlan.resolve(trained)
+    assert (plan.solver, plan.nfe, plan.substeps) == ("gmode2", 4, 16)  # 128 / 4 capped at 16 on images
+    assert plan.guidance == ProbabilisticGuidance(0.2) and plan.second_order_coefs == (0.01, 2.0)
+    plan = SamplingPlan.resolve(trained, "gmsde2", 8, guidance_scale=0.0, cfg_scale=2.0)
+    assert plan.substeps is None and plan.guidance == ClassifierFreeGuidance(2.0) and plan.tag() == "gmsde2_nfe8_cfg2"
+    assert SamplingPlan.resolve(trained, guidance=ProbabilisticGuidance(0.0)).guidance is None
+    with pytest.raises(ValueError, match="solver must be one of"):
+        SamplingPlan.resolve(trained, "nope")

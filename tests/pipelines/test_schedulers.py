@@ -13,7 +13,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from gmfm.math.flow import sde_step
 from gmfm.pipelines import FlowEulerODEScheduler, GMFlowSDEScheduler
 from gmfm.solvers.flow_solvers import ddpm_large_std
-from gmfm.solvers.schedulers import FlowSchedulerOutput
+from gmfm.pipelines.schedulers import FlowSchedulerOutput
 
 CONFIGS = [
     (FlowEulerODEScheduler, {"shift": 1.0}),

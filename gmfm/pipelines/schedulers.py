@@ -35,7 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..math.validation import check_positive_int
-from .flow_solvers import ddpm_step
+from ..solvers.flow_solvers import ddpm_step
 
 PREDICTION_TYPES = ("u", "x0")
 OUTPUT_MODES = ("sample", "mean")

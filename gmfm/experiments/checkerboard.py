@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.toy2d import Toy2D, make_toy_dataset
+from ..data.toy_distributions import Toy2D, make_toy_dataset
 from ..metrics.figures import save_histogram_grid, save_metric_plot
-from ..metrics.toy2d import evaluate_toy2d, noise_floor
-from ..solvers.by_name import GM_SOLVERS
+from ..metrics.points2d import Toy2DMetrics, evaluate_toy2d, noise_floor
+from ..solvers.catalog import GM_SOLVERS
 from ..solvers.flow_solvers import FLOW_SOLVERS
 from .recipe import Recipe, load_recipe
 from .results import write_json
 from .run import TrainedModel, load_run, train_recipe
-from .sampling import sample_trained
+from .sampling import SamplingPlan, sample_trained
 
 SOLVER_LABELS = {"gmsde": "GM-SDE", "gmsde2": "GM-SDE 2", "gmode": "GM-ODE", "gmode2": "GM-ODE 2",
                  "euler": "FM Euler", "ddpm_small": "FM DDPM small", "ddpm_large": "FM DDPM large",
@@ -165,3 +167,52 @@ def _targets(results: dict, seconds: dict, nfes) -> dict:
     return {"gmflow_best_tv_at_4": best_gm4, "fm_best_tv_at_16": best_fm16,
             "gmflow_4_beats_fm_16": bool(best_gm4 < best_fm16),
             "train_step_ratio_gmflow_over_fm": ratio, "train_step_ratio_within_1.1": bool(ratio <= 1.1)}
+
+
+@dataclass(frozen=True)
+class PointsEvaluation:
+    """What :func:`sample_2d_run` measured: the plan it sampled with, the metrics of its samples, the data's
+    own noise floor at that sample count, and the histogram it wrote."""
+
+    plan: SamplingPlan
+    num_samples: int
+    metrics: Toy2DMetrics
+    floor: Toy2DMetrics
+    figure: Path
+
+
+def sample_2d_run(run: str | Path, *, num_samples: int = 100_000, label: int | None = None, seed: int = 0,
+                  out: str | Path | None = None, use_ema: bool = True, device: str = "cpu",
+                  progress: bool = True, **choices: Any) -> PointsEvaluation:
+    """``gmfm sample-2d``: sample a 2-D run, write a histogram and measure the samples against the exact
+    density (TV, precision, SWD) beside the data's noise floor.
+
+    Args:
+        run: a 2-D run folder or checkpoint.
+        label: the class to sample (conditional datasets; None: random classes).
+        out: the histogram PNG (default ``<run folder>/samples_<plan tag>.png``).
+        **choices: sampling choices for :meth:`gmfm.experiments.SamplingPlan.resolve` (``solver``, ``nfe``,
+            ``substeps``, ``guidance_scale``, ...; None: the recipe's).
+
+    Raises:
+        ValueError: the run is not a 2-D run, or ``label`` is not one of its classes.
+    """
+    trained = load_run(run, use_ema=use_ema, device=device)
+    if trained.event_shape != (2, 1, 1):
+        raise ValueError(f"{run} is not a 2-D run (samples of shape {trained.event_shape}); use sample-images")
+    plan = SamplingPlan.resolve(trained, **choices)
+    dataset = make_toy_dataset(trained.recipe.dataset_name)
+    labels = None
+    if label is not None:
+        if not dataset.num_classes or label >= dataset.num_classes:
+            raise ValueError(f"--label must be a class of {dataset.name} in [0, {max(dataset.num_classes, 1) - 1}]"
+                             if dataset.num_classes else f"--label: {dataset.name} has no classes")
+        labels = torch.full((num_samples,), label)
+    points = sample_trained(trained, plan=plan, labels=labels, num_samples=num_samples, seed=seed,
+                            batch_size=100_000, device=device, progress=progress).reshape(-1, 2)
+    reference = dataset.sample(num_samples, torch.Generator().manual_seed(seed + 1), labels)
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    figure = Path(out) if out is not None else folder / f"samples_{plan.tag()}.png"
+    save_histogram_grid([[points]], [plan.solver], [f"NFE {plan.nfe}"], figure, extent=dataset.extent)
+    return PointsEvaluation(plan, num_samples, evaluate_toy2d(points, dataset, reference),
+                            noise_floor(dataset, num_samples, seed), figure)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..data.toy2d import Toy2D
+from ..data.toy_distributions import Toy2D
 
 
 def histogram2d(points: Tensor, bins: int, extent: float) -> tuple[Tensor, float]:
