@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Dataset
+from .colored_mnist import colored_mnist_dataset
 from .image_folder import image_folder_dataset
 from .latents import latent_dataset
 from .mnist import mnist_dataset
@@ -54,5 +55,6 @@ def make_dataset(name: str, **options: Any) -> Dataset:
 for _toy in TOY_DATASET_NAMES:
     register_dataset(_toy, functools.partial(toy_dataset, _toy))
 register_dataset("mnist", mnist_dataset)
+register_dataset("colored_mnist", colored_mnist_dataset)
 register_dataset("image_folder", image_folder_dataset)
 register_dataset("latents", latent_dataset)

@@ -1,0 +1,628 @@
+"""Does GMFlow beat flow matching? The paper's two claims at equal cost, by its own protocol, on three testbeds.
+
+    python -m benchmarks.claims train mnist gmflow --seed 0          # one run (resumable)
+    python -m benchmarks.claims prepare-latents                      # the latent testbed's VAE and cache
+    python -m benchmarks.claims curve mnist_latent gmflow --seed 0   # train in chunks, FD on val after each
+    python -m benchmarks.claims evaluate mnist gmflow_s0             # solver sweep, guidance sweeps, test points
+    python -m benchmarks.claims time mnist                           # seconds / iteration of the pair, interleaved
+    python -m benchmarks.claims report                               # claims.{json,md,png}, grids
+
+Testbeds (recipes ``configs/<testbed>_gmflow.toml`` and ``<testbed>_fm.toml``, which differ only in the GM
+parts): ``mnist`` (pixel digits, 1 x 32 x 32), ``colored_mnist`` (3 x 32 x 32, class-dependent hues) and
+``mnist_latent`` (the digits in the 4 x 8 x 8 latent space of a small VAE trained here).
+
+Protocol (paper Sec. 4, Tables 2-4, at this scale):
+
+- every point is a class-balanced set of N samples (1,000: 100 per class; 500 for the val points that only
+  choose the solver) with per-sample seeds,
+  measured in the features of a small CNN trained on the testbed's training images (FD, precision /
+  recall with k = 3, class accuracy, HSV saturation), with a bootstrap spread (resampling both sets);
+- choices are made on the validation split (50 digits per class) with sampling seed 1; what is reported
+  comes from the test split (another 50 per class) with fresh samples (seed 2). No choice sees the test split;
+- NFE 4, 6, 8, 16, 32; GMFlow solvers gmode2, gmsde2 (spectral sampling) and gmsde2 without it, FM solvers
+  euler, dpmpp2m, ddpm_small, unipc (GMFlow never has more to choose from);
+- guidance sweeps with the solver chosen at that NFE: probabilistic guidance (orthogonal 1 and 0) and CFG;
+  the sweep's FD-vs-precision curves are drawn from the test split's metrics of the sweep's samples (no
+  choice is made on them); the settings with the best FD and the best precision on val are re-sampled
+  for the test split.
+
+Every point is one JSON file under ``--work-dir``; each command skips what exists, so the study runs in
+pieces and across sessions. ``report`` states every target as met or not (with the numbers and spreads)
+and leaves out what has not run yet, saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gmfm.data import make_dataset
+from gmfm.experiments import SamplingPlan, load_recipe, load_run, sample_trained, train_recipe
+from gmfm.experiments.latents import decode_latents, load_vae
+from gmfm.experiments.results import markdown_table, write_json
+from gmfm.guidance import ClassifierFreeGuidance, ProbabilisticGuidance
+from gmfm.metrics.figures import pyplot, save_figure, save_image_grid
+from gmfm.metrics.images import (
+    SmallCNNClassifier,
+    classifier_outputs,
+    frechet_distance,
+    hsv_saturation,
+    precision_recall,
+    train_classifier,
+)
+
+from .common import RESULTS_DIR, write_results
+
+WORK = Path("outputs/claims")
+NFES = (4, 6, 8, 16, 32)
+GM_SOLVERS = ("gmode2", "gmsde2", "gmsde2_nospectral")
+FM_SOLVERS = ("euler", "dpmpp2m", "ddpm_small", "unipc")
+PG_SCALES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45)
+CFG_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
+GUIDANCE_NFES = (6, 8, 32)
+VAL_SEED, TEST_SEED = 1, 2
+
+
+@dataclass(frozen=True)
+class Testbed:
+    name: str
+    gmflow: str  # recipe names
+    fm: str
+    data: tuple[str, dict[str, Any]]  # the pixel dataset of the references and the feature classifier
+    latent: bool = False
+
+
+TESTBEDS = {
+    "mnist": Testbed("mnist", "mnist_gmflow", "mnist_fm", ("mnist", {"val_per_class": 50})),
+    "colored_mnist": Testbed("colored_mnist", "colored_mnist_gmflow", "colored_mnist_fm", ("colored_mnist", {})),
+    "mnist_latent": Testbed("mnist_latent", "mnist_latent_gmflow", "mnist_latent_fm",
+                            ("mnist", {"val_per_class": 50}), latent=True),
+}
+#: Equal-cost variants: recipe overrides of a method (the network is never changed).
+VARIANTS = {"gmflow": ("gmflow", {}), "fm": ("fm", {}),
+            "gmflow_draws8": ("gmflow", {"loss": {"transition_draws": 8}})}
+
+
+# ----- runs --------------------------------------------------------------------------------------------------
+def recipe_of(testbed: Testbed, variant: str, seed: int, work: Path, iterations: int | None = None):
+    method, overrides = VARIANTS[variant]
+    recipe = load_recipe(getattr(testbed, method), **overrides)
+    tables: dict[str, Any] = {"train": {"seed": seed, "device": "cpu", "iterations": iterations}}
+    if testbed.latent:
+        tables["data"] = {"path": str(work / testbed.name / "cache")}
+    return recipe.with_overrides(**tables)
+
+
+def run_dir(work: Path, testbed: Testbed, run: str) -> Path:
+    return work / testbed.name / run
+
+
+def train(args) -> None:
+    testbed = TESTBEDS[args.testbed]
+    torch.set_num_threads(args.threads)
+    recipe = recipe_of(testbed, args.variant, args.seed, args.work_dir, args.iterations)
+    result = train_recipe(recipe, run_dir(args.work_dir, testbed, f"{args.variant}_s{args.seed}"))
+    print(f"{args.testbed} {args.variant} seed {args.seed}: iteration {result.step}")
+
+
+def prepare_latents(args) -> None:
+    """The latent testbed's VAE (gmfm train-vae: width 16) and the cache of the training digits (no flips:
+    digits are not mirror-symmetric)."""
+    from gmfm.experiments.latents import cache_latents
+    from gmfm.experiments.vae import train_vae, vae_train_config
+
+    torch.set_num_threads(args.threads)
+    folder = args.work_dir / "mnist_latent"
+    vae = folder / "vae" / "vae"
+    options = {"val_per_class": 50}
+    mnist = make_dataset("mnist", **options)
+    if not (vae / "config.json").exists():
+        train_vae(mnist, folder / "vae", vae_train_config(args.vae_iterations, 64, 1e-3, 0, "cpu"), width=16)
+    if not (folder / "cache" / "latents.json").exists():
+        cache_latents(mnist, vae, folder / "cache", flip="none", dtype="float32", device="cpu",
+                      dataset_options=options)
+    print(f"VAE {vae}; cache {folder / 'cache'}")
+
+
+# ----- measuring -------------------------------------------------------------------------------------------
+class Measure:
+    """Samples of a run -> metrics against the val and test splits of its testbed, with a bootstrap spread."""
+
+    def __init__(self, testbed: Testbed, work: Path, bootstrap: int = 50) -> None:
+        self.testbed, self.bootstrap = testbed, bootstrap
+        name, options = testbed.data
+        data = make_dataset(name, **options)
+        train_set = data.split("train")
+        path = work / testbed.name / "classifier.pt"
+        channels, size = data.event_shape[0], data.event_shape[-1]
+        if path.is_file():
+            self.classifier = SmallCNNClassifier(10, channels, size)
+            self.classifier.load_state_dict(torch.load(path, weights_only=True))
+            self.classifier.eval()
+        else:
+            self.classifier = train_classifier(train_set.images.float(), train_set.labels, seed=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.classifier.state_dict(), path)
+        self.real = {}
+        for split in ("val", "test"):
+            images = data.split(split).images.float()
+            features, predictions = classifier_outputs(self.classifier, images)
+            self.real[split] = {"features": features, "accuracy": float((predictions == data.split(split).labels)
+                                                                          .double().mean()),
+                                "saturation": hsv_saturation((images + 1) / 2) if channels == 3 else None}
+        self.vae = None
+        if testbed.latent:
+            vae = work / testbed.name / "vae" / "vae"
+            self.vae = (vae, float(load_vae(vae).config.scaling_factor))
+
+    def images(self, trained, plan: SamplingPlan, num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(num) % 10
+        x = sample_trained(trained, plan=plan, labels=labels, seed=seed, per_sample_seeds=True, batch_size=250,
+                           progress=True)
+        if self.vae is not None:
+            x = decode_latents(x, self.vae[0], self.vae[1])
+        return x.clamp(-1, 1), labels
+
+    def metrics(self, images: torch.Tensor, labels: torch.Tensor, splits=("val", "test")) -> dict[str, Any]:
+        features, predictions = classifier_outputs(self.classifier, images)
+        out = {"accuracy": float((predictions == labels).double().mean())}
+        if images.shape[1] == 3:
+            out["saturation"] = hsv_saturation((images + 1) / 2)
+            out["saturation_real"] = self.real["test"]["saturation"]
+        g = torch.Generator().manual_seed(0)
+        for split in splits:
+            real = self.real[split]["features"]
+            precision, recall = precision_recall(real, features)
+            boot = {"fd": [], "precision": []}
+            for _ in range(self.bootstrap):
+                a = real[torch.randint(0, len(real), (len(real),), generator=g)]
+                b = features[torch.randint(0, len(features), (len(features),), generator=g)]
+                boot["fd"].append(frechet_distance(a, b))
+                boot["precision"].append(precision_recall(a, b)[0])
+            out[split] = {"fd": frechet_distance(real, features), "precision": precision, "recall": recall,
+                          "fd_sd": statistics.stdev(boot["fd"]), "precision_sd": statistics.stdev(boot["precision"])}
+        return out
+
+
+def plan_for(trained, solver: str, nfe: int, guidance=None) -> SamplingPlan:
+    spectral = not solver.endswith("_nospectral")
+    return SamplingPlan.resolve(trained, solver.replace("_nospectral", ""), nfe, guidance=guidance,
+                                spectral=spectral)
+
+
+def point(measure: Measure, trained, folder: Path, key: str, solver: str, nfe: int, guidance, num: int, seed: int,
+          keep: int = 10) -> dict[str, Any]:
+    """One evaluation point, cached in ``folder/points/<key>.json`` (and its first ``keep`` samples per class)."""
+    path = folder / "points" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    plan = plan_for(trained, solver, nfe, guidance)
+    tic = time.perf_counter()
+    images, labels = measure.images(trained, plan, num, seed)
+    seconds = time.perf_counter() - tic
+    result = {"key": key, "solver": solver, "nfe": nfe, "guidance": guidance_dict(guidance), "num_samples": num,
+              "seed": seed, "plan": plan.describe(), "sample_seconds": seconds,
+              **measure.metrics(images, labels, ("test",) if seed == TEST_SEED else ("val", "test"))}
+    order = torch.argsort(labels, stable=True).reshape(10, -1)[:, :keep].reshape(-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path.with_suffix(".npz"),
+                        images=((images[order] + 1) * 127.5).round().to(torch.uint8).numpy())
+    write_json(path, result)
+    print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.get("val", result["test"]).items()},
+          f"{seconds:.0f} s", flush=True)
+    return result
+
+
+def guidance_dict(guidance) -> dict[str, float] | None:
+    if isinstance(guidance, ProbabilisticGuidance):
+        return {"pg": guidance.scale, "orthogonal": guidance.orthogonal}
+    if isinstance(guidance, ClassifierFreeGuidance):
+        return {"cfg": guidance.scale}
+    return None
+
+
+def point_key(split: str, solver: str, nfe: int, guidance=None) -> str:
+    """``<split>_<solver>_<nfe>[_<guidance>]``: an unguided point has the same key in every sweep."""
+    d = guidance_dict(guidance)
+    if d is None:
+        return f"{split}_{solver}_{nfe}"
+    return f"{split}_{solver}_{nfe}_" + (f"pg{d['pg']:g}_orth{d['orthogonal']:g}" if "pg" in d else f"cfg{d['cfg']:g}")
+
+
+def sweep_guidances(method: str, pg_scales, cfg_scales, orthogonal) -> list:
+    if method == "gmflow":
+        out = [ProbabilisticGuidance(w, 1.0) if w else None for w in pg_scales]
+        out += [ProbabilisticGuidance(w, 0.0) for w in pg_scales if w and 0.0 in orthogonal]
+        return out
+    return [ClassifierFreeGuidance(s) if s != 1.0 else None for s in cfg_scales]
+
+
+def evaluate(args) -> None:
+    testbed = TESTBEDS[args.testbed]
+    torch.set_num_threads(args.threads)
+    folder = run_dir(args.work_dir, testbed, args.run)
+    trained = load_run(folder)
+    method = "fm" if trained.kind == "fm" else "gmflow"
+    solvers = GM_SOLVERS if method == "gmflow" else FM_SOLVERS
+    measure = Measure(testbed, args.work_dir)
+    nfes = args.nfes or NFES
+    if "solvers" in args.stages:
+        for nfe in nfes:
+            for solver in solvers:
+                point(measure, trained, folder, point_key("val", solver, nfe), solver, nfe, None,
+                      args.solver_samples, VAL_SEED)
+    best = {nfe: best_solver(folder, solvers, nfe) for nfe in nfes}
+    if "test" in args.stages:
+        for nfe in nfes:
+            if best[nfe]:
+                point(measure, trained, folder, point_key("test", best[nfe], nfe), best[nfe], nfe, None,
+                      args.num_samples, TEST_SEED)
+    if "guidance" in args.stages:
+        for nfe in args.guidance_nfes or GUIDANCE_NFES:
+            if not best.get(nfe):
+                continue
+            for g in sweep_guidances(method, args.pg_scales, args.cfg_scales, args.orthogonal):
+                point(measure, trained, folder, point_key("val", best[nfe], nfe, g), best[nfe], nfe, g,
+                      args.num_samples, VAL_SEED)
+            for criterion in ("fd", "precision"):
+                chosen = best_guided(folder, best[nfe], nfe, criterion)
+                if chosen is not None:
+                    g = guidance_from_dict(chosen["guidance"])
+                    point(measure, trained, folder, point_key("test", best[nfe], nfe, g), best[nfe], nfe, g,
+                          args.num_samples, TEST_SEED)
+
+
+def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "points").glob(f"{prefix}*.json"))]
+
+
+def best_solver(folder: Path, solvers, nfe: int) -> str | None:
+    found = [(p["val"]["fd"], p["solver"]) for p in load_points(folder, "val_")
+             if p["nfe"] == nfe and p["guidance"] is None and p["solver"] in solvers]
+    return min(found)[1] if found else None
+
+
+def best_guided(folder: Path, solver: str, nfe: int, criterion: str) -> dict[str, Any] | None:
+    found = [p for p in load_points(folder, f"val_{solver}_{nfe}") if p["nfe"] == nfe]
+    if not found:
+        return None
+    key = (lambda p: p["val"]["fd"]) if criterion == "fd" else (lambda p: -p["val"]["precision"])
+    return min(found, key=key)
+
+
+def guidance_from_dict(d: dict[str, float] | None):
+    if d is None:
+        return None
+    return ProbabilisticGuidance(d["pg"], d["orthogonal"]) if "pg" in d else ClassifierFreeGuidance(d["cfg"])
+
+
+# ----- training curve (latent testbed) -------------------------------------------------------------------
+def curve(args) -> None:
+    """Train in chunks of ``--every`` iterations and measure FD on val (recipe's default solver, NFE 8)
+    after each, until it has not improved for ``--patience`` chunks or ``--max-iterations``."""
+    testbed = TESTBEDS[args.testbed]
+    torch.set_num_threads(args.threads)
+    run = f"{args.variant}_s{args.seed}"
+    folder = run_dir(args.work_dir, testbed, run)
+    path = folder / "curve.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    measure = None
+    best, since = math.inf, 0
+    for entry in history:
+        best, since = (entry["fd"], 0) if entry["fd"] < best else (best, since + 1)
+    step = history[-1]["iteration"] if history else 0
+    while since < args.patience and step < args.max_iterations:
+        step += args.every
+        train_recipe(recipe_of(testbed, args.variant, args.seed, args.work_dir, step), folder)
+        measure = measure or Measure(testbed, args.work_dir)
+        trained = load_run(folder)
+        images, labels = measure.images(trained, SamplingPlan.resolve(trained, nfe=8), args.num_samples, VAL_SEED)
+        fd = measure.metrics(images, labels, ("val",))["val"]["fd"]
+        history.append({"iteration": step, "fd": fd})
+        write_json(path, history)
+        best, since = (fd, 0) if fd < best else (best, since + 1)
+        print(f"{run} iteration {step}: FD {fd:.2f} (best {best:.2f})", flush=True)
+
+
+# ----- timing ----------------------------------------------------------------------------------------------
+def time_pair(args) -> None:
+    """Seconds per training iteration of the testbed's two recipes, in alternating blocks on one process."""
+    from gmfm.experiments import build_loss, build_model, load_dataset
+    from gmfm.math.random import BatchDraws
+    from gmfm.training import make_optimizer, step_generator
+
+    testbed = TESTBEDS[args.testbed]
+    torch.set_num_threads(args.threads)
+    setups = {}
+    for method in ("gmflow", "fm"):
+        recipe = recipe_of(testbed, method, 0, args.work_dir)
+        data = load_dataset(recipe)
+        model = build_model(recipe, data.event_shape, data.num_classes)
+        loss, opt = build_loss(recipe, data.num_classes), make_optimizer(model, recipe.train)
+        setups[method] = (recipe, data, model, loss, opt)
+    times: dict[str, list[float]] = {m: [] for m in setups}
+    for block in range(args.blocks + 1):
+        for method, (recipe, data, model, loss, opt) in setups.items():
+            tic = time.perf_counter()
+            for i in range(args.iterations):
+                b = recipe.train.batch_size
+                batch = data.train.batch(b, step_generator(0, i, 0), slice(0, b))
+                out = loss(model, batch, BatchDraws(step_generator(0, i, 1), b))
+                opt.zero_grad()
+                out.loss.backward()
+                opt.step()
+            if block:  # the first block warms up
+                times[method].append((time.perf_counter() - tic) / args.iterations)
+    result = {m: {"seconds_per_iteration": statistics.median(t), "blocks": t,
+                  "params": sum(p.numel() for p in setups[m][2].parameters())} for m, t in times.items()}
+    write_json(args.work_dir / testbed.name / "timing.json", {"threads": args.threads, **result})
+    print(json.dumps(result, indent=1))
+
+
+# ----- report ----------------------------------------------------------------------------------------------
+def run_info(folder: Path) -> dict[str, Any] | None:
+    if not (folder / "checkpoint.safetensors").exists():
+        return None
+    trained = load_run(folder)
+    info = {"recipe": trained.recipe.as_dict(), "iterations": trained.checkpoint.step,
+            "params": sum(p.numel() for p in trained.model.parameters())}
+    timing = folder / "timing.csv"
+    if timing.is_file():
+        with open(timing) as f:
+            rows = [float(r["seconds_per_iter"]) for r in csv.DictReader(f)]
+        info["run_seconds_per_iteration_median"] = statistics.median(rows) if rows else None
+    return info
+
+
+def target(value: float | None, bound: float | None, better: str, spread: float | None = None) -> dict[str, Any]:
+    if value is None or bound is None:
+        return {"value": value, "bound": bound, "better": better, "met": None, "note": "not measured yet"}
+    met = value <= bound if better == "lower" else value >= bound
+    out = {"value": value, "bound": bound, "better": better, "met": bool(met)}
+    if spread is not None:
+        out["spread"] = spread
+        out["significant"] = bool(abs(value - bound) > 2 * spread)
+    return out
+
+
+def test_point(folder: Path, nfe: int, guidance=None) -> dict[str, Any] | None:
+    for p in load_points(folder, "test_"):
+        if p["nfe"] == nfe and p["guidance"] == guidance_dict(guidance):
+            return p
+    return None
+
+
+def guided_tests(folder: Path, nfe: int) -> list[dict[str, Any]]:
+    return [p for p in load_points(folder, "test_") if p["nfe"] == nfe and p["guidance"] is not None]
+
+
+def sweep(folder: Path, nfe: int) -> list[dict[str, Any]]:
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
+    return [p for p in load_points(folder, f"val_{solver}_{nfe}") if p["nfe"] == nfe] if solver else []
+
+
+def best_precision_point(folder: Path, nfe: int) -> dict[str, Any] | None:
+    """The test point of the guidance setting with the best val precision at ``nfe`` (None: not run)."""
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
+    chosen = best_guided(folder, solver, nfe, "precision") if solver else None
+    if chosen is None:
+        return None
+    for p in load_points(folder, f"test_{solver}_{nfe}"):
+        if p["guidance"] == chosen["guidance"] and p["nfe"] == nfe:
+            return p
+    return None
+
+
+def combined_sd(a: float | None, b: float | None) -> float | None:
+    return math.sqrt(a * a + b * b) if a is not None and b is not None else None
+
+
+def curve_dominance(pg: list[dict], cfg: list[dict]) -> tuple[bool | None, list[dict]]:
+    """Whether PG's FD <= CFG's at every precision both reach (test metrics of the sweeps, linear
+    interpolation of each curve's lower FD envelope)."""
+    if len(pg) < 2 or len(cfg) < 2:
+        return None, []
+
+    def envelope(points):
+        pts = sorted((p["test"]["precision"], p["test"]["fd"]) for p in points)
+        xs = np.array([x for x, _ in pts])
+        ys = np.minimum.accumulate(np.array([y for _, y in pts])[::-1])[::-1]  # best FD at >= this precision
+        return xs, ys
+
+    (xp, yp), (xc, yc) = envelope(pg), envelope(cfg)
+    lo, hi = max(xp.min(), xc.min()), min(xp.max(), xc.max())
+    if lo >= hi:
+        return None, []
+    grid = np.linspace(lo, hi, 9)
+    rows = [{"precision": float(x), "pg_fd": float(np.interp(x, xp, yp)), "cfg_fd": float(np.interp(x, xc, yc))}
+            for x in grid]
+    return all(r["pg_fd"] <= r["cfg_fd"] for r in rows), rows
+
+
+def report(args) -> None:
+    out = args.out
+    payload: dict[str, Any] = {"device": "cpu", "protocol": __doc__.split("Protocol")[1].split("Every point")[0],
+                               "testbeds": {}}
+    md = ["# Does GMFlow beat flow matching?\n",
+          "Each testbed: GMFlow and its flow-matching twin with the same network trunk, data, iterations, batch, "
+          "optimizer, schedule, EMA and seed (`configs/<testbed>_{gmflow,fm}.toml`). Choices on the validation "
+          "split, numbers from the test split with fresh samples; spread = bootstrap standard deviation; a "
+          "difference is called significant when it exceeds twice the combined spread.\n"]
+    fig_rows = []
+    for name, testbed in TESTBEDS.items():
+        gm_dir, fm_dir = (run_dir(args.work_dir, testbed, f"{m}_s0") for m in ("gmflow", "fm"))
+        runs = {"gmflow": run_info(gm_dir), "fm": run_info(fm_dir)}
+        if runs["gmflow"] is None and runs["fm"] is None:
+            md.append(f"## {name}\n\nNot trained yet.\n")
+            continue
+        timing_file = args.work_dir / name / "timing.json"
+        if timing_file.is_file():
+            timing = json.loads(timing_file.read_text())
+            for m in ("gmflow", "fm"):
+                if runs[m] is not None:
+                    runs[m]["seconds_per_iteration"] = timing[m]["seconds_per_iteration"]
+                    runs[m]["seconds_per_iteration_threads"] = timing["threads"]
+        targets: dict[str, Any] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for nfe in NFES:
+            gm, fm = test_point(gm_dir, nfe), test_point(fm_dir, nfe)
+            for m, p in (("gmflow", gm), ("fm", fm)):
+                if p is not None:
+                    rows[f"{m} NFE {nfe}"] = {"solver": p["solver"], "FD": p["test"]["fd"], "FD sd": p["test"]["fd_sd"],
+                                              "precision": p["test"]["precision"], "recall": p["test"]["recall"],
+                                              "accuracy": p["accuracy"]}
+            if nfe in (4, 6, 8):
+                targets[f"T1_nfe{nfe}"] = target(gm["test"]["fd"] if gm else None, fm["test"]["fd"] if fm else None,
+                                                 "lower", combined_sd(gm and gm["test"]["fd_sd"],
+                                                                      fm and fm["test"]["fd_sd"]))
+        gm6, fm6 = best_precision_point(gm_dir, 6), best_precision_point(fm_dir, 6)
+        targets["T2_precision_nfe6"] = target(gm6 and gm6["test"]["precision"], fm6 and fm6["test"]["precision"],
+                                              "higher", combined_sd(gm6 and gm6["test"]["precision_sd"],
+                                                                    fm6 and fm6["test"]["precision_sd"]))
+        table4 = {}
+        for nfe in GUIDANCE_NFES:
+            for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)):
+                tests = guided_tests(folder, nfe) + ([test_point(folder, nfe)] if test_point(folder, nfe) else [])
+                if not tests:
+                    continue
+                best_p = best_precision_point(folder, nfe)
+                entry = {"best_fd": min(p["test"]["fd"] for p in tests),
+                         "best_precision": best_p["test"]["precision"] if best_p else None,
+                         "guidance_at_best_precision": best_p["guidance"] if best_p else None}
+                if best_p and "saturation" in best_p:
+                    entry["saturation_minus_real_at_best_precision"] = best_p["saturation"] - best_p["saturation_real"]
+                table4[f"{m} NFE {nfe}"] = entry
+        if name == "colored_mnist":
+            for nfe in (8, 32):
+                pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
+                targets[f"T3_precision_nfe{nfe}"] = target(pg and pg["best_precision"], cfg and cfg["best_precision"],
+                                                           "higher")
+                sat = lambda e: abs(e["saturation_minus_real_at_best_precision"]) if e and \
+                    "saturation_minus_real_at_best_precision" in e else None  # noqa: E731
+                targets[f"T3_saturation_nfe{nfe}"] = target(sat(pg), sat(cfg), "lower")
+                dominated, curve_rows = curve_dominance(sweep(gm_dir, nfe), sweep(fm_dir, nfe))
+                targets[f"T3_fd_at_equal_precision_nfe{nfe}"] = {
+                    "value": curve_rows, "bound": "CFG's FD at each precision both curves reach", "better": "lower",
+                    "met": dominated}
+        gm8 = [p["test"]["fd"] for p in [test_point(gm_dir, 8)] if p]
+        gm32 = [p["test"]["fd"] for p in [test_point(gm_dir, 32)] if p]
+        t4 = test_point(gm_dir, 32)
+        targets["T4_nfe32_not_worse_than_nfe8"] = target(gm32[0] if gm32 else None, gm8[0] if gm8 else None, "lower",
+                                                         combined_sd(t4 and t4["test"]["fd_sd"],
+                                                                     (test_point(gm_dir, 8) or {}).get("test", {})
+                                                                     .get("fd_sd")))
+        curves = {m: json.loads((run_dir(args.work_dir, testbed, f"{m}_s0") / "curve.json").read_text())
+                  for m in ("gmflow", "fm") if (run_dir(args.work_dir, testbed, f"{m}_s0") / "curve.json").is_file()}
+        seeds = {}
+        for m in ("gmflow", "fm"):
+            p = test_point(run_dir(args.work_dir, testbed, f"{m}_s1"), 8)
+            if p:
+                seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "solver": p["solver"]}
+        payload["testbeds"][name] = {"runs": runs, "targets": targets, "table": rows, "table4": table4,
+                                     "curves": curves, "second_seed": seeds}
+        fig_rows.append((name, gm_dir, fm_dir))
+        md.append(f"## {name}\n")
+        for m in ("gmflow", "fm"):
+            r = runs[m]
+            if r:
+                md.append(f"- {m}: {r['params']:,} parameters, {r['iterations']:,} iterations"
+                          + (f", {r['seconds_per_iteration']:.3f} s / iteration (interleaved timing, "
+                             f"{r['seconds_per_iteration_threads']} threads)" if "seconds_per_iteration" in r else "")
+                          + "\n")
+        if rows:
+            md.append("\n" + markdown_table(rows, list(rows), ["solver", "FD", "FD sd", "precision", "recall",
+                                                              "accuracy"], "test split") + "\n")
+        if table4:
+            cols = sorted({k for e in table4.values() for k in e})
+            md.append(markdown_table(table4, list(table4), cols, "Table 4") + "\n")
+        md.append("| target | GMFlow / PG | FM / CFG | met | significant |\n|---|---:|---:|---|---|\n")
+        for tid, t in targets.items():
+            if isinstance(t["value"], list):
+                md.append(f"| {tid} | curve ({len(t['value'])} precisions) | | {t['met']} | |\n")
+            else:
+                fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+                md.append(f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {t['met']} | "
+                          f"{t.get('significant', '')} |\n")
+        md.append("\n")
+    figure = plot(fig_rows, out / "claims.png")
+    write_results("claims", payload, "".join(md) + (f"\n![claims]({figure.name})\n" if figure else ""), out)
+    print((out / "claims.md").read_text())
+
+
+def plot(rows, path: Path) -> Path | None:
+    """FD vs precision of the guidance sweeps (test metrics of the val-seed samples), PG and CFG on one plot
+    per testbed and NFE."""
+    panels = [(name, nfe, gm, fm) for name, gm, fm in rows for nfe in GUIDANCE_NFES if sweep(gm, nfe) or sweep(fm, nfe)]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, nfe, gm, fm) in zip(axes[0], panels):
+        for folder, label, style in ((gm, "GMFlow, probabilistic guidance", "-o"), (fm, "FM, CFG", "--s")):
+            for orth in ((1.0, 0.0) if folder is gm else (None,)):
+                pts = [p for p in sweep(folder, nfe) if orth is None or (p["guidance"] or {}).get("orthogonal", 1.0) == orth]
+                pts = sorted(pts, key=lambda p: (p["guidance"] or {}).get("pg", (p["guidance"] or {}).get("cfg", 0)))
+                if pts:
+                    tag = label + ("" if orth is None else f" (orthogonal {orth:g})")
+                    ax.plot([p["test"]["precision"] for p in pts], [p["test"]["fd"] for p in pts], style,
+                            label=tag, markersize=3)
+        ax.set(xlabel="precision", ylabel="FD", title=f"{name}, NFE {nfe}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=WORK)
+    parser.add_argument("--threads", type=int, default=1)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("variant", choices=VARIANTS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=None)
+    p = sub.add_parser("prepare-latents")
+    p.add_argument("--vae-iterations", type=int, default=2000)
+    p = sub.add_parser("curve")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("variant", choices=VARIANTS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--every", type=int, default=1000)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--max-iterations", type=int, default=10_000)
+    p.add_argument("--num-samples", type=int, default=1000)
+    p = sub.add_parser("evaluate")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("run")
+    p.add_argument("--stages", nargs="+", default=["solvers", "test", "guidance"])
+    p.add_argument("--nfes", type=int, nargs="+", default=None)
+    p.add_argument("--guidance-nfes", type=int, nargs="+", default=None)
+    p.add_argument("--pg-scales", type=float, nargs="+", default=PG_SCALES)
+    p.add_argument("--cfg-scales", type=float, nargs="+", default=CFG_SCALES)
+    p.add_argument("--orthogonal", type=float, nargs="+", default=[1.0, 0.0])
+    p.add_argument("--num-samples", type=int, default=1000, help="samples of a test point and a guidance-sweep point")
+    p.add_argument("--solver-samples", type=int, default=500, help="samples of a val point of the solver sweep")
+    p = sub.add_parser("time")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--blocks", type=int, default=4)
+    p = sub.add_parser("report")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    {"train": train, "prepare-latents": prepare_latents, "curve": curve, "evaluate": evaluate, "time": time_pair,
+     "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
