@@ -109,7 +109,7 @@ def op_benchmarks(inp: dict, official, device: str) -> list[dict]:
         }
     rows = []
     for name, fn in ours.items():
-        timed = time_calls({"gmfm": fn, **({"official": theirs[name]} if name in theirs else {})}, device)
+        timed = time_calls({"gmfm": fn, **({"official": theirs[name]} if name in theirs else {})}, device, min_seconds=1.5)
         rows.append({"op": name, "gmfm_ms": timed["gmfm"], **({"official_ms": timed["official"]} if name in theirs else {})})
     return rows
 
@@ -188,7 +188,7 @@ def step_benchmarks(inp: dict, official, device: str) -> list[dict]:
         if official is not None and not spectral:  # the official spectral sampling needs its CUDA kernel
             d = as_dict(inp["doubled"])
             fns["official"] = lambda: official_sample(official, d, inp["noise"], SOLVER_STEPS, substeps, method, order, w)
-        timed = time_calls(fns, device, min_seconds=1.5)
+        timed = time_calls(fns, device, min_seconds=4.0)
         row = {"config": name, "gmfm_ms_per_step": timed["gmfm"] / SOLVER_STEPS}
         if "official" in timed:
             row["official_ms_per_step"] = timed["official"] / SOLVER_STEPS

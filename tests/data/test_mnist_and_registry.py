@@ -36,7 +36,30 @@ def test_registry_builds_datasets_with_their_shapes_and_classes():
         make_dataset("mnist", train_per_class=500)
     with pytest.raises(ValueError, match="has no split 'val'"):
         mnist.split("val")
-    assert dataset_options("mnist") == ("train_per_class",)
+    assert dataset_options("mnist") == ("train_per_class", "val_per_class")
+    split = make_dataset("mnist", val_per_class=50)  # choices on val, numbers on test: disjoint digits
+    assert [len(split.split(s)) for s in ("train", "val", "test")] == [4000, 500, 500]
+    assert split.split("val").labels.bincount().tolist() == [50] * 10
+    assert not bool((split.split("val").images[:, None] == split.split("test").images[None]).flatten(2).all(-1).any())
+
+
+def test_colored_mnist_is_a_fixed_function_of_its_seed_with_class_dependent_colours():
+    from gmfm.data.colored_mnist import hsv_to_rgb
+    from gmfm.metrics.images import hsv_saturation
+
+    data = make_dataset("colored_mnist")
+    again, other = make_dataset("colored_mnist"), make_dataset("colored_mnist", seed=1)
+    train = data.split("train")
+    assert data.event_shape == (3, 32, 32) and [len(data.split(s)) for s in ("train", "val", "test")] == [4000, 500, 500]
+    assert torch.equal(train.images, again.split("train").images)
+    assert not torch.equal(train.images, other.split("train").images)
+    assert float(train.images.min()) >= -1 and float(train.images.max()) <= 1
+    assert 0.2 < hsv_saturation((train.images + 1) / 2) < 0.4  # moderate: over-saturation can show
+    # the stroke colour (the brightest pixels) follows the class: mean RGB per class differ
+    strokes = torch.stack([train.images[train.labels == c].amax(dim=(-2, -1)).mean(0) for c in range(10)])
+    assert torch.cdist(strokes, strokes).add(torch.eye(10) * 9).min() > 0.1
+    rgb = hsv_to_rgb(torch.tensor([0.0, 1 / 3, 2 / 3]), torch.ones(3), torch.ones(3))
+    torch.testing.assert_close(rgb, torch.eye(3))  # red, green, blue
 
 
 def test_a_registered_dataset_is_found_by_name():
