@@ -27,14 +27,19 @@ def load_dataset(recipe: Recipe) -> Dataset:
         raise RecipeError(f"{recipe.source}: [data] {err}") from err
 
 
-def _gmdit_config(recipe: Recipe, event_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+def _image_config(recipe: Recipe, event_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    """The image backbone's config: the recipe's keys plus the sizes the dataset fixes."""
     channels, height, width = event_shape
     if height != width:
-        raise RecipeError(f"{recipe.source}: GM-DiT needs square samples, the dataset has {height} x {width}")
+        raise RecipeError(f"{recipe.source}: {recipe.backbone} needs square samples, the dataset has {height} x {width}")
     config = {k: v for k, v in recipe.model.items() if k != "backbone"}
-    if "num_components" in config:  # GM-DiT's config (and the official checkpoints) call K num_gaussians
+    if "num_components" in config:  # the model configs (and the official checkpoints) call K num_gaussians
         config["num_gaussians"] = config.pop("num_components")
-    derived = {"in_channels": channels, "sample_size": height, "num_embeds_ada_norm": num_classes}
+    if recipe.backbone == "gmdit" and not num_classes:
+        raise RecipeError(f"{recipe.source}: GM-DiT is class-conditional, the dataset {recipe.dataset_name!r} has no "
+                          "classes (use backbone = \"unet\" for unconditional data)")
+    classes = "num_embeds_ada_norm" if recipe.backbone == "gmdit" else "num_classes"
+    derived = {"in_channels": channels, "sample_size": height, classes: num_classes}
     for key, value in derived.items():
         if key in config and config[key] != value:
             raise RecipeError(f"{recipe.source}: [model] {key} = {config[key]} but the dataset "
@@ -82,7 +87,12 @@ def _build(recipe: Recipe, event_shape: tuple[int, int, int], num_classes: int) 
     from ..models.gmdit import GMDiTTransformer2DModel, SpectrumMLP
     from ..models.gmflow_model import GMFlowModel
 
-    net = GMDiTTransformer2DModel(**_gmdit_config(recipe, event_shape, num_classes))
+    if recipe.backbone == "unet":
+        from ..models.unet import GMUNet2DModel
+
+        net = GMUNet2DModel(**_image_config(recipe, event_shape, num_classes))
+    else:
+        net = GMDiTTransformer2DModel(**_image_config(recipe, event_shape, num_classes))
     spectrum = None
     if recipe.spectrum is not None:
         base_size = recipe.spectrum.get("base_size", list(event_shape))

@@ -4,7 +4,7 @@
     kind = "gmflow"            # or "fm": the flow-matching baseline (K = 1, L2 loss)
     [data]                     # name = a registered dataset, other keys = its options
     name = "mnist"
-    [model]                    # backbone = "gmdit" | "mlp2d"; other keys = the backbone's config
+    [model]                    # backbone = "gmdit" | "unet" | "mlp2d"; other keys = the backbone's config
     backbone = "gmdit"
     num_components = 8         # K (both backbones; GM-DiT's config calls it num_gaussians)
     [model.spectrum]           # optional SpectrumMLP (gmdit)
@@ -44,7 +44,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KINDS = ("gmflow", "fm")
-BACKBONES = ("mlp2d", "gmdit")
+BACKBONES = ("mlp2d", "gmdit", "unet")
 SECTIONS = ("data", "model", "loss", "train", "sample")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -206,9 +206,12 @@ def backbone_options(backbone: str) -> list[str]:
         from ..models.mlp2d import MLP2DConfig
 
         return [f for f in _fields(MLP2DConfig) if f != "num_classes"]
-    from ..models.gmdit import GMDiTTransformer2DModel
+    if backbone == "unet":
+        from ..models.unet import GMUNet2DModel as image_model
+    else:
+        from ..models.gmdit import GMDiTTransformer2DModel as image_model
 
-    names = [p for p in inspect.signature(GMDiTTransformer2DModel.__init__).parameters if p != "self"]
+    names = [p for p in inspect.signature(image_model.__init__).parameters if p != "self"]
     return [RENAMED_MODEL_KEYS.get(p, p) for p in names]
 
 
@@ -270,8 +273,8 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>", *, warn_rena
     spectrum = model.pop("spectrum", None)
     _check_keys(source, "model", model, ["backbone", *backbone_options(backbone)])
     if spectrum is not None:
-        if backbone != "gmdit" or kind != "gmflow":
-            raise RecipeError(f"{source}: [model.spectrum] needs kind = \"gmflow\" and backbone = \"gmdit\"")
+        if backbone == "mlp2d" or kind != "gmflow":
+            raise RecipeError(f"{source}: [model.spectrum] needs kind = \"gmflow\" and an image backbone (gmdit, unet)")
         _check_keys(source, "model.spectrum", spectrum, ["base_size", "layers"])
     loss = _build_section(source, "loss", LossConfig, raw.get("loss", {}))
     train_table = raw.get("train", {})

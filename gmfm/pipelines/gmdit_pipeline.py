@@ -286,44 +286,13 @@ class GMDiTPipeline(DiffusionPipeline):
         generator = check_generators(generator, batch)
         x = self._initial_latents(latents, batch, generator, device)
 
-        steps, substeps = num_inference_steps, num_inference_substeps
-        self.scheduler.set_timesteps(steps * substeps, device=device)
-        timesteps = self.scheduler.timesteps
-        sigmas = self.scheduler.sigmas.tolist()
-        if len(timesteps) != steps * substeps:
-            raise ValueError(f"the scheduler set {len(timesteps)} timesteps for {steps * substeps} steps")
         denoiser = GMFlowModel(self.transformer)
         guidance, condition = guided_condition(guidance, labels, torch.full_like(labels, self.transformer.null_label),
                                                batch)
-        spectrum = self.spectrum_net if output_mode == "sample" else None
-        previous: SecondOrderState | None = None
-        self._num_timesteps = steps
-        self._interrupt = False
-
-        with self.progress_bar(total=steps) as progress_bar:
-            for i in range(steps):
-                if self.interrupt:
-                    break
-                first = i * substeps
-                prediction, previous = predict_step(
-                    denoiser, x, sigmas[first], sigmas[first + substeps], condition=condition, guidance=guidance,
-                    order=order, previous=previous, second_order_coefs=coefs,
-                    second_order_refinement=gm2_correction_steps, step=i)
-                for j in range(substeps):
-                    sigma = sigmas[first + j]
-                    if output_mode == "mean":
-                        x0 = prediction.mean_at(x, sigma)
-                    else:
-                        x0 = prediction.sample_at(x, sigma, generator, spectrum)
-                    x = self.scheduler.step(x0, timesteps[first + j], x, generator=generator, return_dict=False,
-                                            prediction_type="x0")[0]
-                if callback_on_step_end is not None:
-                    tensors = {"latents": x}
-                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    outputs = callback_on_step_end(self, i, timesteps[first], callback_kwargs) or {}
-                    x = outputs.pop("latents", x)
-                progress_bar.update()
-
+        x = scheduler_loop(self, denoiser, x, num_inference_steps, num_inference_substeps, output_mode, order,
+                           condition=condition, guidance=guidance, coefs=coefs, correction_steps=gm2_correction_steps,
+                           generator=generator, spectrum=self.spectrum_net if output_mode == "sample" else None,
+                           callback=callback_on_step_end, callback_inputs=callback_on_step_end_tensor_inputs)
         images = self._decode(x, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -349,6 +318,54 @@ class GMDiTPipeline(DiffusionPipeline):
         else:
             images = latents
         return self.image_processor.postprocess(images, output_type=output_type)
+
+
+def scheduler_loop(pipe: DiffusionPipeline, denoiser: Any, x: Tensor, steps: int, substeps: int, output_mode: str,
+                   order: int, *, condition: Any = None, guidance: Any = None,
+                   coefs: tuple[float, float] = DEFAULT_COEFS, correction_steps: int = 0, generator: Any = None,
+                   spectrum: Any = None, callback: Any = None, callback_inputs: Sequence[str] = ()) -> Tensor:
+    """The official sampling loop of a GMFlow pipeline, driven by ``pipe.scheduler`` (see the module
+    docstring): ``steps`` network evaluations, each followed by ``substeps`` scheduler steps given the mean
+    ("mean") or a draw ("sample") of the step's x0-GM re-conditioned on the current point.
+
+    Args:
+        pipe: the pipeline (its scheduler, progress bar, interrupt flag and ``_num_timesteps``).
+        denoiser: ``(x_t, sigma, condition) -> u-GM``.
+        x: x_T (B, C, H, W), float32.
+        condition: the (doubled, under guidance) condition of the denoiser; guidance: an active guidance.
+
+    Returns:
+        The final sample (B, C, H, W).
+    """
+    pipe.scheduler.set_timesteps(steps * substeps, device=x.device)
+    timesteps = pipe.scheduler.timesteps
+    sigmas = pipe.scheduler.sigmas.tolist()
+    if len(timesteps) != steps * substeps:
+        raise ValueError(f"the scheduler set {len(timesteps)} timesteps for {steps * substeps} steps")
+    previous: SecondOrderState | None = None
+    pipe._num_timesteps = steps
+    pipe._interrupt = False
+    with pipe.progress_bar(total=steps) as progress_bar:
+        for i in range(steps):
+            if pipe.interrupt:
+                break
+            first = i * substeps
+            prediction, previous = predict_step(
+                denoiser, x, sigmas[first], sigmas[first + substeps], condition=condition, guidance=guidance,
+                order=order, previous=previous, second_order_coefs=coefs, second_order_refinement=correction_steps,
+                step=i)
+            for j in range(substeps):
+                sigma = sigmas[first + j]
+                x0 = prediction.mean_at(x, sigma) if output_mode == "mean" else \
+                    prediction.sample_at(x, sigma, generator, spectrum)
+                x = pipe.scheduler.step(x0, timesteps[first + j], x, generator=generator, return_dict=False,
+                                        prediction_type="x0")[0]
+            if callback is not None:
+                tensors = {"latents": x}
+                outputs = callback(pipe, i, timesteps[first], {k: tensors[k] for k in callback_inputs}) or {}
+                x = outputs.pop("latents", x)
+            progress_bar.update()
+    return x
 
 
 def _check_scheduler(scheduler: object) -> None:

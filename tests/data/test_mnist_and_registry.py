@@ -36,7 +36,7 @@ def test_registry_builds_datasets_with_their_shapes_and_classes():
         make_dataset("mnist", train_per_class=500)
     with pytest.raises(ValueError, match="has no split 'val'"):
         mnist.split("val")
-    assert dataset_options("mnist") == ("train_per_class", "val_per_class")
+    assert dataset_options("mnist") == ("train_per_class", "val_per_class", "unconditional")
     split = make_dataset("mnist", val_per_class=50)  # choices on val, numbers on test: disjoint digits
     assert [len(split.split(s)) for s in ("train", "val", "test")] == [4000, 500, 500]
     assert split.split("val").labels.bincount().tolist() == [50] * 10
