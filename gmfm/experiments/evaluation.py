@@ -44,7 +44,7 @@ def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, p
     """This process's share of the seeded sample set.
 
     Args:
-        trained: a class-conditional run.
+        trained: a run (class-conditional: sample i has class i mod the number of classes).
         num_samples: N, the size of the whole set (split into contiguous shares over the processes).
         dist: this process's place in the run.
         plan: the sampling choices (:class:`gmfm.experiments.SamplingPlan`).
@@ -54,14 +54,13 @@ def generate_shard(trained: TrainedModel, num_samples: int, dist: Distributed, p
         (the sample indices of this share, images (n, C, H, W) in about [-1, 1], decoded with the VAE of
         the latent cache for latent runs).
     """
-    if not trained.num_classes:
-        raise ValueError("eval-images evaluates class-conditional runs")
     share = math.ceil(num_samples / dist.world_size)
     indices = range(dist.rank * share, min(num_samples, (dist.rank + 1) * share))
-    labels = balanced_labels(num_samples, trained.num_classes)[indices.start: indices.stop]
     if len(indices) == 0:
         return indices, torch.empty(0, *trained.event_shape)
-    x = sample_trained(trained, plan=plan, labels=labels, seed=seed, first_index=indices.start,
+    labels = balanced_labels(num_samples, trained.num_classes)[indices.start: indices.stop] \
+        if trained.num_classes else None
+    x = sample_trained(trained, plan=plan, labels=labels, num_samples=len(indices), seed=seed, first_index=indices.start,
                        per_sample_seeds=True, batch_size=batch_size, device=dist.device, progress=progress)
     decoder = decoder_of(trained)
     if decoder is not None:
@@ -327,6 +326,8 @@ def evaluate_run(run: str | Path, num_samples: int, *, solver: str | None = None
     write_json(path, payload)
     if samples is not None:
         ordered = torch.cat([x for _, x in sorted(samples, key=lambda p: p[0])])
+        labels = balanced_labels(num_samples, trained.num_classes) if trained.num_classes else \
+            torch.full((num_samples,), -1)
         np.savez_compressed(path.with_suffix(".npz"), samples=ordered.permute(0, 2, 3, 1).numpy(),
-                            labels=balanced_labels(num_samples, trained.num_classes).numpy())
+                            labels=labels.numpy())
     return {"metrics": result.as_dict(), "plan": plan, "path": path}

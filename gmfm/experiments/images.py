@@ -80,7 +80,8 @@ def velocity_error_by_sigma(trained: TrainedModel, x0: Tensor, labels: Tensor, s
 def sample_image_grid(run: str | Path, *, per_class: int = 10, classes: list[int] | None = None, seed: int = 0,
                       out: str | Path | None = None, use_ema: bool = True, device: str = "cpu",
                       progress: bool = True, **choices: Any) -> tuple[Path, SamplingPlan]:
-    """``gmfm sample-images``: a PNG grid of samples of an image run, one row per class.
+    """``gmfm sample-images``: a PNG grid of samples of an image run, one row per class (unconditional runs:
+    ``per_class`` rows of ``per_class``).
 
     Args:
         run: an image run folder or checkpoint.
@@ -97,15 +98,22 @@ def sample_image_grid(run: str | Path, *, per_class: int = 10, classes: list[int
     trained = load_run(run, use_ema=use_ema, device=device)
     if trained.event_shape[1:] == (1, 1):
         raise ValueError(f"{run} is a 2-D run; use sample-2d")
+    plan = SamplingPlan.resolve(trained, **choices)
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    path = Path(out) if out is not None else folder / f"grid_{plan.tag()}.png"
+    if not trained.num_classes:  # unconditional: a plain grid of per_class x per_class images
+        if classes is not None:
+            raise ValueError(f"--classes: {run} is an unconditional run")
+        images = sample_trained(trained, plan=plan, num_samples=per_class * per_class, seed=seed, device=device,
+                                progress=progress)
+        save_image_grid(images, path, nrow=per_class, title=f"{plan.solver}, NFE {plan.nfe}")
+        return path, plan
     classes = list(classes) if classes is not None else list(range(trained.num_classes))
     bad = [c for c in classes if c >= trained.num_classes]
     if bad:
         raise ValueError(f"--classes must be in [0, {trained.num_classes - 1}], got {bad}")
-    plan = SamplingPlan.resolve(trained, **choices)
     labels = torch.tensor(classes).repeat_interleave(per_class)
     images = sample_trained(trained, plan=plan, labels=labels, seed=seed, device=device, progress=progress)
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    path = Path(out) if out is not None else folder / f"grid_{plan.tag()}.png"
     names = trained.class_names or tuple(str(c) for c in range(trained.num_classes))
     save_image_grid(images, path, nrow=per_class, row_labels=[names[c] for c in classes],
                     title=f"{plan.solver}, NFE {plan.nfe}")

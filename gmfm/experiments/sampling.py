@@ -76,7 +76,8 @@ class SamplingPlan:
         elif not guidance.needs_uncond:
             guidance = None
         if guidance is not None and not trained.num_classes:
-            raise ValueError("guidance needs a class-conditional model")
+            raise ValueError("guidance (guidance_scale / cfg_scale) needs a class-conditional model; this run is "
+                             "unconditional")
         return cls(solver, nfe, substeps, guidance, tuple(pick(second_order_coefs, s.gm2_coefs)),
                    bool(pick(spectral, s.spectral)), s.shift)
 

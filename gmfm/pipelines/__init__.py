@@ -1,9 +1,10 @@
-"""diffusers pipelines: class-conditional GM-DiT sampling from the official layout, and its schedulers
+"""diffusers pipelines: class-conditional GM-DiT sampling from the official layout, GM-UNet sampling
+(unconditional, called like DDPMPipeline), and their schedulers
 (imported on first use: they load diffusers' pipeline machinery)."""
 
-__all__ = ["FlowEulerODEScheduler", "GMDiTPipeline", "GMFlowSDEScheduler"]
+__all__ = ["FlowEulerODEScheduler", "GMDiTPipeline", "GMFlowSDEScheduler", "GMUNetPipeline"]
 
-_LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMFlowSDEScheduler": ".schedulers", "FlowEulerODEScheduler": ".schedulers"}
+_LAZY = {"GMDiTPipeline": ".gmdit_pipeline", "GMUNetPipeline": ".gmunet_pipeline", "GMFlowSDEScheduler": ".schedulers", "FlowEulerODEScheduler": ".schedulers"}
 
 
 def __getattr__(name: str):
