@@ -37,6 +37,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ class Measure:
         else:
             self.classifier = train_classifier(train_set.images.float(), train_set.labels, seed=0)
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.classifier.state_dict(), path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            torch.save(self.classifier.state_dict(), tmp)
+            os.replace(tmp, path)  # several evaluations may train it at once (same seed, same result)
         self.real = {}
         for split in ("val", "test"):
             images = data.split(split).images.float()
