@@ -8,6 +8,7 @@
     gmfm sample-images DIR --solver gmode2 --nfe 8        a grid of samples, one row per class
     gmfm eval-images DIR --nfe 8                          FID / precision / recall of N samples
     gmfm eval-nll DIR                                     validation NLL in bits/dim (GMFlow runs)
+    gmfm distill --teacher DIR --config checkerboard_piflow --out STUDENT   a few-step pi-Flow student
 
 ``gmfm <command> --help`` explains every option; ``--debug`` shows tracebacks instead of one-line errors.
 Recipes are TOML files or the names of the shipped ones (gmfm/configs/).
@@ -365,6 +366,39 @@ def _eval_images(args) -> None:
         print(f"results: {result['path']}")
 
 
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="distill a pi-Flow student (1-4 step GM policy) from a teacher run",
+                       description="pi-ID imitation distillation (pi-Flow): a student with the teacher's backbone and a "
+                                   "K-component GM policy head, initialised from the teacher, learns to match the "
+                                   "teacher's (guided) velocity along its own rollouts. The student is a run folder "
+                                   "sampled with solver piflow (sample-2d, sample-images, eval-images). Resumes from "
+                                   "OUT; under torchrun every process trains its share.")
+    p.add_argument("--teacher", default=None, help="the teacher run folder (default: the recipe's [distill] teacher)")
+    p.add_argument("--config", required=True, help="distillation recipe file or shipped name (e.g. "
+                                                    "checkerboard_piflow)")
+    p.add_argument("--out", required=True, help="the student's run folder")
+    p.add_argument("--components", type=POSITIVE, default=None, help="[distill] num_components, the student's K")
+    p.add_argument("--nfe", type=POSITIVE, default=None, help="[distill] nfe, the student's steps")
+    _add_train_options(p)
+
+
+def _distill(args) -> None:
+    from ..distill import distill, load_distill_recipe
+    from ..training import teardown_distributed
+
+    overrides = {k: v for k, v in _train_overrides(args).items() if v is not None}
+    recipe = load_distill_recipe(args.config).with_overrides(
+        distill={"num_components": args.components, "nfe": args.nfe}, train=overrides)
+    try:
+        result = distill(recipe, run_folder(args.out), args.teacher, resume=not args.no_resume,
+                         allow_changed_settings=args.allow_changed_settings)
+    finally:
+        teardown_distributed()
+    if result.rank == 0:
+        print(f"distilled to iteration {result.step}; student: {args.out} (sample it with --solver piflow, "
+              f"NFE {recipe.distill.nfe})")
+
+
 def _add_eval_nll(sub) -> None:
     p = sub.add_parser("eval-nll", help="validation NLL (bits/dim) of a GMFlow run on held-out data",
                        description="The paper's time-averaged validation NLL (Table 3): -log2 q(x0 | x_t) per "
@@ -414,6 +448,7 @@ COMMANDS = {
     "cache-latents": (_add_cache_latents, _cache_latents),
     "eval-images": (_add_eval_images, _eval_images),
     "eval-nll": (_add_eval_nll, _eval_nll),
+    "distill": (_add_distill, _distill),
 }
 
 

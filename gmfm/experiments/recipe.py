@@ -100,6 +100,8 @@ class SampleConfig:
     spectral: spectral sampling for GM-SDE when the model has a SpectrumMLP. shift: time shift of the grid.
     gm2_coefs: (ca, cb), the damping of the 2nd-order correction (official (0.005, 1)): ca damps the mean
         difference by the share of it that is noise.
+    total_substeps, final_step_size_scale, temperature: the ``piflow`` solver's (pi-Flow students: Euler
+        substeps per unit raw time, the last segment's relative length, the GM temperature or "auto").
     """
 
     solver: str | None = None
@@ -111,6 +113,9 @@ class SampleConfig:
     spectral: bool = True
     shift: float = 1.0
     gm2_coefs: tuple[float, float] = DEFAULT_COEFS
+    total_substeps: int = 128
+    final_step_size_scale: float = 1.0
+    temperature: float | str = "auto"
 
     def __post_init__(self) -> None:
         from ..solvers.catalog import SOLVER_NAMES
@@ -125,6 +130,10 @@ class SampleConfig:
             raise ValueError(f"spectral must be true or false, got {self.spectral!r}")
         check_float_in("shift", self.shift, 0.0, 1e3, low_open=True)
         object.__setattr__(self, "gm2_coefs", check_second_order_coefs(self.gm2_coefs))
+        check_positive_int("total_substeps", self.total_substeps)
+        check_float_in("final_step_size_scale", self.final_step_size_scale, 0.0, 1e3, low_open=True)
+        if self.temperature != "auto":
+            check_float_in("temperature", self.temperature, 0.0, 1e3)
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,8 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>", *, warn_rena
         warn_renamed: warn about old key names (off for recipes stored in older checkpoints).
     """
     raw = copy.deepcopy(raw)
+    if isinstance(raw, dict) and "distill" in raw:
+        raise RecipeError(f"{source} is a distillation recipe ([distill]): use gmfm distill / gmfm.distill")
     _check_keys(source, "top level", raw, ("kind", *SECTIONS))
     kind = raw.get("kind", "gmflow")
     if kind not in KINDS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -41,12 +41,14 @@ class SamplingPlan:
     second_order_coefs: tuple[float, float]
     spectral: bool
     shift: float
+    policy_options: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def resolve(cls, trained: TrainedModel, solver: str | None = None, nfe: int | None = None, *,
                 substeps: int | None = None, guidance: Guidance | None = None, guidance_scale: float | None = None,
                 orthogonal_guidance: float | None = None, cfg_scale: float | None = None,
-                spectral: bool | None = None, second_order_coefs: tuple[float, float] | None = None) -> SamplingPlan:
+                spectral: bool | None = None, second_order_coefs: tuple[float, float] | None = None,
+                temperature: float | str | None = None) -> SamplingPlan:
         """The plan of ``trained``: each argument left None takes the recipe's ``[sample]`` value, then the
         built-in default (:func:`default_solver`; GM-ODE substeps :func:`gmfm.solvers.default_substeps`,
         at most 16 per step on images).
@@ -78,12 +80,14 @@ class SamplingPlan:
         if guidance is not None and not trained.num_classes:
             raise ValueError("guidance (guidance_scale / cfg_scale) needs a class-conditional model; this run is "
                              "unconditional")
+        policy = {"total_substeps": s.total_substeps, "final_step_size_scale": s.final_step_size_scale,
+                  "temperature": pick(temperature, s.temperature)} if solver == "piflow" else {}
         return cls(solver, nfe, substeps, guidance, tuple(pick(second_order_coefs, s.gm2_coefs)),
-                   bool(pick(spectral, s.spectral)), s.shift)
+                   bool(pick(spectral, s.spectral)), s.shift, policy)
 
     def describe(self) -> dict[str, object]:
         """The plan as JSON-able values (what result files record)."""
-        return {"solver": self.solver, "nfe": self.nfe, "substeps": self.substeps,
+        return {"solver": self.solver, "nfe": self.nfe, "substeps": self.substeps, **self.policy_options,
                 "guidance": repr(self.guidance) if self.guidance is not None else None,
                 "second_order_coefs": list(self.second_order_coefs), "spectral": self.spectral, "shift": self.shift}
 
@@ -163,7 +167,8 @@ def sample_trained(trained: TrainedModel, solver: str | None = None, nfe: int | 
         uncond = torch.full_like(cond, null) if cond is not None else None
         x = sample_with(plan.solver, model, noise.to(device), plan.nfe, substeps=plan.substeps, shift=plan.shift,
                         condition=cond, uncond_condition=uncond, guidance=plan.guidance, spectrum=spectrum,
-                        second_order_coefs=plan.second_order_coefs, generator=draw_with)
+                        second_order_coefs=plan.second_order_coefs, generator=draw_with,
+                        policy_options=plan.policy_options)
         out.append(x.float().cpu())
     return torch.cat(out)
 

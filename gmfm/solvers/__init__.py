@@ -1,7 +1,16 @@
 """Samplers in plain PyTorch: the official time grid, GM-SDE / GM-ODE of order 1 and 2, baseline flow
 solvers, and the catalogue of named solvers. (The diffusers schedulers live in :mod:`gmfm.pipelines`.)"""
 
-from .catalog import GM_SOLVERS, IMAGE_MAX_SUBSTEPS, SOLVER_NAMES, default_substeps, is_gm_solver, sample_with
+from .catalog import (
+    GM_SOLVERS,
+    IMAGE_MAX_SUBSTEPS,
+    POLICY_SOLVERS,
+    SOLVER_NAMES,
+    default_substeps,
+    is_gm_solver,
+    sample_with,
+)
+from .piflow import GMPolicy, piflow_sample
 from .flow_solvers import FLOW_SOLVERS, FlowSampleOutput, flow_sample, mean_velocity
 from .gm_solver import GMFlowSampleOutput, GMFlowStep, concat_conditions, gmflow_sample
 from .second_order import DEFAULT_COEFS, SecondOrderOutput, SecondOrderState, second_order_correction
@@ -23,6 +32,9 @@ __all__ = [
     "SecondOrderState",
     "SecondOrderOutput",
     "SOLVER_NAMES",
+    "POLICY_SOLVERS",
+    "GMPolicy",
+    "piflow_sample",
     "GM_SOLVERS",
     "FLOW_SOLVERS",
     "DEFAULT_COEFS",

@@ -1,7 +1,8 @@
 """Every solver under one name, for the command line, experiments and benchmarks.
 
 GM solvers (need a GMFlow model): ``gmsde``, ``gmsde2`` (GM-SDE, order 1/2), ``gmode``, ``gmode2`` (GM-ODE,
-order 1/2, with substeps). Flow solvers (any model, GM models through their mean): see
+order 1/2, with substeps). The policy solver ``piflow`` samples a pi-Flow student (:mod:`gmfm.distill`): one
+call per step, its GM policy integrated densely. Flow solvers (any model, GM models through their mean): see
 :data:`gmfm.solvers.flow_solvers.FLOW_SOLVERS`. ``nfe`` counts network evaluations (one per step; a
 guided step batches its two evaluations in one call).
 """
@@ -21,7 +22,8 @@ from .gm_solver import gmflow_sample
 from .second_order import DEFAULT_COEFS
 
 GM_SOLVERS = ("gmsde", "gmsde2", "gmode", "gmode2")
-SOLVER_NAMES = GM_SOLVERS + FLOW_SOLVERS
+POLICY_SOLVERS = ("piflow",)
+SOLVER_NAMES = GM_SOLVERS + POLICY_SOLVERS + FLOW_SOLVERS
 #: Total GM-ODE substeps the paper spreads over a run (2-D: ceil(128 / NFE) per step).
 SUBSTEP_BUDGET = 128
 #: Most GM-ODE substeps per step on images (the paper: 16 at NFE 8, 4 at NFE 32).
@@ -54,6 +56,7 @@ def sample_with(
     second_order_coefs: tuple[float, float] = DEFAULT_COEFS,
     generator: Generators = None,
     progress: bool = False,
+    policy_options: dict[str, Any] | None = None,
 ) -> Tensor:
     """Sample (B, C, H, W) from ``noise`` (B, C, H, W) with the named solver.
 
@@ -68,9 +71,18 @@ def sample_with(
         second_order_coefs: (ca, cb) damping of the 2nd-order GM solvers (see
             :func:`gmfm.solvers.second_order_correction`).
         generator: drives every random draw.
+        policy_options: ``piflow`` only: ``total_substeps``, ``final_step_size_scale``, ``temperature`` (see
+            :func:`gmfm.solvers.piflow.piflow_sample`).
     """
     if solver not in SOLVER_NAMES:
         raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
+    if solver in POLICY_SOLVERS:
+        from .piflow import piflow_sample
+
+        if guidance is not None and guidance.needs_uncond:
+            raise ValueError("piflow samples a distilled student, whose teacher's guidance is built in: no guidance")
+        return piflow_sample(model, noise, nfe, shift=shift, condition=condition, progress=progress,
+                             **(policy_options or {}))
     if is_gm_solver(solver):
         method = "sde" if solver.startswith("gmsde") else "ode"
         if substeps is None:

@@ -21,7 +21,12 @@ def write(tmp_path, text: str):
 def test_every_shipped_recipe_loads_and_builds():
     assert {"checkerboard", "checkerboard_demo", "checkerboard_bench", "mnist_gmflow", "mnist_fm",
             "mnist_tiny"} <= set(config_names())
+    from gmfm.distill import load_distill_recipe
+
     for name in config_names():
+        if "piflow" in name:  # distillation recipes ([distill] + [train])
+            assert load_distill_recipe(name).distill.nfe >= 1
+            continue
         recipe = load_recipe(name)
         assert recipe_from_dict(recipe.as_dict(), name) == recipe  # the tables round-trip
     assert load_recipe("configs/mnist_gmflow.toml") == load_recipe("mnist_gmflow.toml") == load_recipe("mnist_gmflow")
