@@ -36,3 +36,12 @@ def sliced_ks_min_pvalue(x: Tensor, y: Tensor, num_directions: int = 8, seed: in
     x, y = x.double(), y.double()
     pvalues = [ks_pvalue(x @ d, y @ d) for d in dirs]
     return min(1.0, min(pvalues) * num_directions)
+
+
+#: Bound on the global relative L2 distance of the weights (model + EMA) of runs that must be equal up to
+#: float summation order. Measured spread (``python -m benchmarks.distributed_spread``,
+#: benchmarks/results/distributed_spread.md): 1 vs 2 processes, 8 seeds x 1 and 2 threads, at most 4.3e-7 on
+#: AMD EPYC; deliberately broken trainers (a dropped row, noise drawn per process) 8e-3 and more. 1e-4 lies
+#: over two orders of magnitude above the first (room for other CPUs' kernels and summation orders) and
+#: almost two below the second.
+WORLD_SIZE_BOUND = 1e-4

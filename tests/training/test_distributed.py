@@ -23,13 +23,7 @@ def gmfm(*args: str, processes: int = 1, check: bool = True, **kw) -> subprocess
     return subprocess.run([*head, "-m", "gmfm", *args], capture_output=True, text=True, check=check, env=env, **kw)
 
 
-#: Bound on the global relative L2 distance of the weights (model + EMA) of runs that must be equal up to
-#: float summation order. Measured spread (``python -m benchmarks.distributed_spread``,
-#: benchmarks/results/distributed_spread.md): 1 vs 2 processes, 8 seeds x 1 and 2 threads, at most 4.3e-7 on
-#: AMD EPYC; deliberately broken trainers (a dropped row, noise drawn per process) 8e-3 and more. 1e-4 lies
-#: over two orders of magnitude above the first (room for other CPUs' kernels and summation orders) and
-#: almost two below the second.
-BOUND = 1e-4
+from stats import WORLD_SIZE_BOUND as BOUND  # noqa: E402  (measured spread: see stats.py)
 MUTANT = Path(__file__).with_name("mutant_trainer.py")
 
 
