@@ -49,7 +49,7 @@ from ..solvers.second_order import DEFAULT_COEFS, SecondOrderState, check_second
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-OUTPUT_MODES = ("mean", "sample")
+OUTPUT_MODES = ("mean", "sample", "policy")
 
 #: The classes an official ``model_index.json`` names (under the official ``lib.`` package), read as gmfm's.
 OFFICIAL_CLASSES: dict[str, type] = {
@@ -225,6 +225,9 @@ class GMDiTPipeline(DiffusionPipeline):
         latents: Tensor | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        policy_substeps: int = 128,
+        final_step_size_scale: float = 1.0,
+        temperature: float | str = "auto",
     ) -> ImagePipelineOutput | tuple:
         """Sample ``num_images_per_prompt`` images per class label.
 
@@ -253,6 +256,11 @@ class GMDiTPipeline(DiffusionPipeline):
                 every network step with the tensors named in ``callback_on_step_end_tensor_inputs``; a returned
                 "latents" replaces the current one.
             callback_on_step_end_tensor_inputs: names from ``pipe._callback_tensor_inputs``.
+            policy_substeps, final_step_size_scale, temperature: ``output_mode="policy"`` only: a pi-Flow
+                student (``gmfm distill``) samples in ``num_inference_steps`` network calls, each policy
+                integrated with ``policy_substeps`` Euler substeps per unit time (see
+                :func:`gmfm.solvers.piflow_sample`); the scheduler gives the time shift; no guidance (the
+                teacher's is built into the student).
 
         Returns:
             :class:`ImagePipelineOutput` with ``images``, or ``(images,)``.
@@ -287,12 +295,19 @@ class GMDiTPipeline(DiffusionPipeline):
         x = self._initial_latents(latents, batch, generator, device)
 
         denoiser = GMFlowModel(self.transformer)
+        if output_mode == "policy":
+            x = policy_sample(self, denoiser, x, num_inference_steps, labels, guidance, policy_substeps,
+                              final_step_size_scale, temperature)
+            return self._finish(x, output_type, return_dict)
         guidance, condition = guided_condition(guidance, labels, torch.full_like(labels, self.transformer.null_label),
                                                batch)
         x = scheduler_loop(self, denoiser, x, num_inference_steps, num_inference_substeps, output_mode, order,
                            condition=condition, guidance=guidance, coefs=coefs, correction_steps=gm2_correction_steps,
                            generator=generator, spectrum=self.spectrum_net if output_mode == "sample" else None,
                            callback=callback_on_step_end, callback_inputs=callback_on_step_end_tensor_inputs)
+        return self._finish(x, output_type, return_dict)
+
+    def _finish(self, x: Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
         images = self._decode(x, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -318,6 +333,19 @@ class GMDiTPipeline(DiffusionPipeline):
         else:
             images = latents
         return self.image_processor.postprocess(images, output_type=output_type)
+
+
+def policy_sample(pipe: DiffusionPipeline, denoiser: Any, x: Tensor, nfe: int, condition: Any, guidance: Any,
+                  total_substeps: int, final_step_size_scale: float, temperature: float | str) -> Tensor:
+    """pi-Flow sampling of a distilled student inside a pipeline (``output_mode="policy"``)."""
+    from ..solvers.piflow import piflow_sample
+
+    if guidance is not None and guidance.needs_uncond:
+        raise ValueError("output_mode='policy' samples a pi-Flow student, whose teacher's guidance is built in: "
+                         "use guidance_scale=0")
+    pipe._num_timesteps = nfe
+    return piflow_sample(denoiser, x, nfe, shift=float(pipe.scheduler.config.shift), total_substeps=total_substeps,
+                         final_step_size_scale=final_step_size_scale, temperature=temperature, condition=condition)
 
 
 def scheduler_loop(pipe: DiffusionPipeline, denoiser: Any, x: Tensor, steps: int, substeps: int, output_mode: str,

@@ -32,7 +32,7 @@ from ..models.gmflow_model import GMFlowModel
 from ..models.unet import GMUNet2DModel
 from ..solvers.gm_solver import guided_condition
 from ..solvers.second_order import DEFAULT_COEFS, check_second_order_coefs
-from .gmdit_pipeline import OUTPUT_MODES, OUTPUT_TYPES, _check_scheduler, scheduler_loop
+from .gmdit_pipeline import OUTPUT_MODES, OUTPUT_TYPES, _check_scheduler, policy_sample, scheduler_loop
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
 
@@ -140,6 +140,10 @@ class GMUNetPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         else:
             x = latents.to(device=device, dtype=torch.float32)
+        if output_mode == "policy":
+            x = policy_sample(self, GMFlowModel(self.unet), x, num_inference_steps, labels, guidance, 128, 1.0, "auto")
+            images = x if output_type == "latent" else self.image_processor.postprocess(x, output_type=output_type)
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
         uncond = torch.full_like(labels, self.unet.null_label) if conditional else None
         guidance, condition = guided_condition(guidance, labels, uncond, batch_size)
         x = scheduler_loop(self, GMFlowModel(self.unet), x, num_inference_steps, num_inference_substeps, output_mode,

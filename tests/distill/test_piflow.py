@@ -145,3 +145,32 @@ def test_bad_input_gets_one_clear_line(teacher, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="num_components must be an integer >= 1"):
         DistillConfig(num_components=0, nfe=2)
+
+
+def test_an_image_student_samples_through_the_cli_and_the_pipeline(tmp_path, capsys):
+    """A student of a GM-DiT teacher: sample-images and eval-images take it (solver piflow, its NFE), and
+    the exported pipeline's output_mode="policy" gives the same samples as the library."""
+    from gmfm.cli.main import main
+    from gmfm.experiments.export import export_pipeline
+    from gmfm.pipelines import GMDiTPipeline
+
+    train_recipe(load_recipe("mnist_tiny", train={"device": "cpu", "iterations": 2}), tmp_path / "teacher",
+                 progress=False)
+    main(["distill", "--teacher", str(tmp_path / "teacher"), "--config", "checkerboard_piflow_tiny", "--out",
+          str(tmp_path / "student"), "--iterations", "2", "--batch-size", "4", "--device", "cpu"])
+    main(["sample-images", str(tmp_path / "student"), "--per-class", "1", "--device", "cpu"])
+    assert (tmp_path / "student" / "grid_piflow_nfe2.png").exists()
+    student = load_run(tmp_path / "student")
+    pipe = export_pipeline(student, tmp_path / "pipe")
+    pipe = GMDiTPipeline.from_pretrained(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    x_t = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 7])
+    images = pipe(labels.tolist(), guidance_scale=0.0, num_inference_steps=2, output_mode="policy", latents=x_t,
+                  policy_substeps=16, output_type="latent").images
+    from gmfm.models.gmflow_model import GMFlowModel
+
+    expected = piflow_sample(GMFlowModel(pipe.transformer), x_t, 2, total_substeps=16, condition=labels)
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="guidance is built in"):
+        pipe([3], guidance_scale=0.3, num_inference_steps=2, output_mode="policy")
