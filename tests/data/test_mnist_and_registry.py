@@ -67,7 +67,7 @@ def test_a_registered_dataset_is_found_by_name():
     register_dataset("_test_blobs", lambda scale=1.0: Dataset("_test_blobs", (3, 8, 8), 2,
                                                              ImageSet(images * scale, torch.arange(10) % 2)))
     data = make_dataset("_test_blobs", scale=2.0)
-    assert data.event_shape == (3, 8, 8) and dataset_options("_test_blobs") == ("scale",)
+    assert data.event_shape == (3, 8, 8) and dataset_options("_test_blobs") == ("scale", "unconditional")
 
 
 def test_training_batches_do_not_depend_on_how_the_batch_is_split():

@@ -77,7 +77,7 @@ def test_overrides_and_identity():
     ("[data]\nname = 'mnist'\n[train]\niterations = 1\nbatch_size = 1\nlr = '1e-3'", r"lr must be a finite number"),
     ("[data]\nname = 'mnist'\n[train]\niterations = 1\nbatch_size = 1\nbetas = 0.9", r"betas must be two numbers"),
     ("kind = 'vae'\n[data]\nname = 'mnist'", r"kind must be one of \('gmflow', 'fm'\)"),
-    ("[data]\nname = 'mnist'\n[model]\nbackbone = 'unet'", r"backbone must be one of \('mlp2d', 'gmdit'\)"),
+    ("[data]\nname = 'mnist'\n[model]\nbackbone = 'vit'", r"backbone must be one of \('mlp2d', 'gmdit', 'unet'\)"),
     ("[data]\nname = 'mnist'\n[train]\niterations = 1\nbatch_size = 1\n[loss]\ntransition_ratio = 0",
      r"\[loss\] transition_ratio must be in \(0, 1\]"),
     ("[data\nname = 'mnist'", r"not valid TOML"),
@@ -102,7 +102,9 @@ def test_the_old_name_of_k_still_works_with_a_warning(tmp_path):
     from gmfm.experiments.recipe import upgrade_settings
 
     new = tmp_path / "new.toml"
-    new.write_text("[data]\nname = 'mnist'\n[model]\nnum_components = 3\n[train]\niterations = 1\nbatch_size = 1\n")
+    new.write_text("[data]\nname = 'mnist'\n[model]\nnum_components = 3\npatch_size = 8\nnum_layers = 1\n"
+                   "num_attention_heads = 1\nattention_head_dim = 8\nlogstd_inner_dim = 8\n"
+                   "[train]\niterations = 1\nbatch_size = 1\n")
     old = tmp_path / "old.toml"
     old.write_text(new.read_text().replace("num_components", "num_gaussians"))
     with pytest.warns(FutureWarning, match=r"\[model\] num_gaussians is deprecated, use num_components"):
