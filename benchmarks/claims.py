@@ -70,7 +70,7 @@ GM_SOLVERS = ("gmode2", "gmsde2", "gmsde2_nospectral")
 FM_SOLVERS = ("euler", "dpmpp2m", "ddpm_small", "unipc")
 PG_SCALES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45)
 CFG_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
-GUIDANCE_NFES = (6, 8, 32)
+GUIDANCE_NFES = (6, 8)
 VAL_SEED, TEST_SEED = 1, 2
 
 
