@@ -85,7 +85,24 @@ def map_official_components(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-class GMDiTPipeline(DiffusionPipeline):
+class SamplingState:
+    """diffusers' pipeline state of the last call, shared by the GMFlow pipelines."""
+
+    _num_timesteps = 0
+    _interrupt = False
+
+    @property
+    def num_timesteps(self) -> int:
+        """Network evaluations of the last call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set by a ``callback_on_step_end`` (``pipe._interrupt = True``) to stop after the current step."""
+        return self._interrupt
+
+
+class GMDiTPipeline(SamplingState, DiffusionPipeline):
     """Class-conditional GMFlow sampling with GM-DiT: GM-ODE or GM-SDE, order 1 or 2, probabilistic guidance.
 
     Args:
@@ -193,17 +210,6 @@ class GMDiTPipeline(DiffusionPipeline):
             raise ValueError(f"class_labels {out_of_range} are out of range: the model has classes "
                              f"0..{num_classes - 1}")
         return torch.tensor(ids, dtype=torch.long, device=device)
-
-    # ----- diffusers' pipeline state -----------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int:
-        """Network evaluations of the last call."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set by a ``callback_on_step_end`` (``pipe._interrupt = True``) to stop after the current step."""
-        return self._interrupt
 
     # ----- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()

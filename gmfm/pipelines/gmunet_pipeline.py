@@ -32,11 +32,11 @@ from ..models.gmflow_model import GMFlowModel
 from ..models.unet import GMUNet2DModel
 from ..solvers.gm_solver import guided_condition
 from ..solvers.second_order import DEFAULT_COEFS, check_second_order_coefs
-from .gmdit_pipeline import OUTPUT_MODES, OUTPUT_TYPES, _check_scheduler, policy_sample, scheduler_loop
+from .gmdit_pipeline import OUTPUT_MODES, OUTPUT_TYPES, SamplingState, _check_scheduler, policy_sample, scheduler_loop
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
 
-class GMUNetPipeline(DiffusionPipeline):
+class GMUNetPipeline(SamplingState, DiffusionPipeline):
     """GMFlow sampling with a GM-UNet: GM-SDE or GM-ODE, order 1 or 2.
 
     Args:
@@ -69,14 +69,6 @@ class GMUNetPipeline(DiffusionPipeline):
         if not is_accelerate_available():
             kwargs.setdefault("low_cpu_mem_usage", False)
         return super().from_pretrained(str(root), **kwargs)
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
 
     @torch.no_grad()
     def __call__(
