@@ -506,7 +506,7 @@ def report(args) -> None:
                     entry["saturation_minus_real_at_best_precision"] = best_p["saturation"] - best_p["saturation_real"]
                 table4[f"{m} NFE {nfe}"] = entry
         if name == "colored_mnist":
-            for nfe in (8, 32):
+            for nfe in GUIDANCE_NFES:
                 pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
                 targets[f"T3_precision_nfe{nfe}"] = target(pg and pg["best_precision"], cfg and cfg["best_precision"],
                                                            "higher")
@@ -531,8 +531,11 @@ def report(args) -> None:
             p = test_point(run_dir(args.work_dir, testbed, f"{m}_s1"), 8)
             if p:
                 seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "solver": p["solver"]}
-        payload["testbeds"][name] = {"runs": runs, "targets": targets, "table": rows, "table4": table4,
-                                     "curves": curves, "second_seed": seeds}
+        as_run = protocol_as_run(gm_dir, fm_dir)
+        grid = comparison_grid(name, gm_dir, fm_dir, out)
+        payload["testbeds"][name] = {"runs": runs, "protocol_as_run": as_run, "targets": targets, "table": rows,
+                                     "table4": table4, "curves": curves, "second_seed": seeds,
+                                     "grid": grid.name if grid else None}
         fig_rows.append((name, gm_dir, fm_dir))
         md.append(f"## {name}\n")
         for m in ("gmflow", "fm"):
@@ -542,6 +545,7 @@ def report(args) -> None:
                           + (f", {r['seconds_per_iteration']:.3f} s / iteration (interleaved timing, "
                              f"{r['seconds_per_iteration_threads']} threads)" if "seconds_per_iteration" in r else "")
                           + "\n")
+        md.append("- protocol as run: " + "; ".join(f"{k} {v}" for k, v in as_run.items()) + "\n")
         if rows:
             md.append("\n" + markdown_table(rows, list(rows), ["solver", "FD", "FD sd", "precision", "recall",
                                                               "accuracy"], "test split") + "\n")
@@ -556,10 +560,45 @@ def report(args) -> None:
                 fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
                 md.append(f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {t['met']} | "
                           f"{t.get('significant', '')} |\n")
+        if grid:
+            md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
     figure = plot(fig_rows, out / "claims.png")
     write_results("claims", payload, "".join(md) + (f"\n![claims]({figure.name})\n" if figure else ""), out)
     print((out / "claims.md").read_text())
+
+
+def protocol_as_run(*folders: Path) -> dict[str, Any]:
+    """What the evaluated points of these runs cover (NFEs, guidance scales, sample counts), read from the
+    point files, so that a reduced sweep is stated beside its numbers."""
+    points = [p for folder in folders for p in load_points(folder, "")]
+    guided = [p["guidance"] for p in points if p["guidance"]]
+    return {"test NFEs": sorted({p["nfe"] for p in points if p["key"].startswith("test_")}),
+            "guidance NFEs": sorted({p["nfe"] for p in points if p["guidance"]}),
+            "PG scales": sorted({g["pg"] for g in guided if "pg" in g}),
+            "PG orthogonal": sorted({g["orthogonal"] for g in guided if "pg" in g}),
+            "CFG scales": sorted({g["cfg"] for g in guided if "cfg" in g}),
+            "samples per solver-sweep point": sorted({p["num_samples"] for p in points
+                                                      if p["key"].startswith("val_") and not p["guidance"]}),
+            "samples per test / guidance point": sorted({p["num_samples"] for p in points
+                                                         if p["key"].startswith("test_") or p["guidance"]})}
+
+
+def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | None:
+    """Samples of the best-precision guided test points (GMFlow + PG beside FM + CFG) at the first guidance
+    NFE: one row per digit class, 5 samples of each method side by side."""
+    nfe = GUIDANCE_NFES[0]
+    best = [best_precision_point(folder, nfe) for folder in (gm_dir, fm_dir)]
+    if any(b is None for b in best):
+        return None
+    halves = []
+    for folder, b in zip((gm_dir, fm_dir), best):
+        images = torch.from_numpy(np.load(folder / "points" / f"{b['key']}.npz")["images"]).float() / 127.5 - 1
+        halves.append(images.reshape(10, -1, *images.shape[1:])[:, :5])
+    grid = torch.cat(halves, dim=1).reshape(-1, *halves[0].shape[2:])
+    describe = lambda b: f"{b['guidance']} P {b['test']['precision']:.3f}"
+    return save_image_grid(grid, out / f"claims_{name}_grid.png", nrow=10,
+                           title=f"{name}, NFE {nfe}: GMFlow + PG {describe(best[0])} | FM + CFG {describe(best[1])}")
 
 
 def plot(rows, path: Path) -> Path | None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..math.containers import GaussianMixture
 from ..math.flow import DenoisingGMConverter, u_to_x0
+from ..math.gm_ops import gm_temperature
 from ..math.validation import check_float_in, check_positive_int
 from ..models.protocols import Denoiser
 
@@ -111,10 +112,7 @@ class GMPolicy:
         """GM temperature T < 1: weights^(1/T) (renormalised) and variances x T; T >= 1 changes nothing."""
         if temperature >= 1:
             return self
-        t = max(float(temperature), EPS)
-        gm = self.x0_gm
-        return GMPolicy(GaussianMixture.trusted(gm.means, torch.log_softmax(gm.logweights / t, dim=-4),
-                                                gm.logstds + 0.5 * math.log(t)), self.x_src, self.sigma_src)
+        return GMPolicy(gm_temperature(self.x0_gm, max(float(temperature), EPS)), self.x_src, self.sigma_src)
 
     def integrate(self, x: Tensor, r_from: Tensor | float, r_to: Tensor | float, shift: float = 1.0,
                   total_substeps: int = TOTAL_SUBSTEPS) -> Tensor:
