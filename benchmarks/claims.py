@@ -5,6 +5,7 @@
     python -m benchmarks.claims curve mnist_latent gmflow --seed 0   # train in chunks, FD on val after each
     python -m benchmarks.claims evaluate mnist gmflow_s0             # solver sweep, guidance sweeps, test points
     python -m benchmarks.claims time mnist                           # seconds / iteration of the pair, interleaved
+    python -m benchmarks.claims diagnose colored_mnist                # mean-velocity error per noise level
     python -m benchmarks.claims report                               # claims.{json,md,png}, grids
 
 Testbeds (recipes ``configs/<testbed>_gmflow.toml`` and ``<testbed>_fm.toml``, which differ only in the GM
@@ -52,6 +53,7 @@ from gmfm.experiments import SamplingPlan, load_recipe, load_run, sample_trained
 from gmfm.experiments.latents import decode_latents, load_vae
 from gmfm.experiments.results import markdown_table, write_json
 from gmfm.guidance import ClassifierFreeGuidance, ProbabilisticGuidance
+from gmfm.math import gm_mean
 from gmfm.metrics.figures import pyplot, save_figure, save_image_grid
 from gmfm.metrics.images import (
     SmallCNNClassifier,
@@ -373,6 +375,34 @@ def time_pair(args) -> None:
 
 
 # ----- report ----------------------------------------------------------------------------------------------
+DIAGNOSE_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
+
+
+@torch.no_grad()
+def diagnose(args) -> None:
+    """Mean-velocity error of the pair on val images per noise level (pixel testbeds): whether a gap between
+    GMFlow and FM lies in the network (its mean velocity) or in the sampler. Writes velocity_error.json."""
+    testbed = TESTBEDS[args.testbed]
+    if testbed.latent:
+        raise SystemExit("diagnose: pixel testbeds only")
+    torch.set_num_threads(args.threads)
+    name, options = testbed.data
+    val = make_dataset(name, **options).split("val")
+    x0, labels = val.images.float()[: args.num], val.labels[: args.num]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    models = {m: load_run(run_dir(args.work_dir, testbed, f"{m}_s0")).model.eval() for m in ("gmflow", "fm")}
+    rows = []
+    for s in DIAGNOSE_SIGMAS:
+        sigma = torch.full((len(x0),), s)
+        x_t, u = (1 - s) * x0 + s * noise, noise - x0
+        row = {"sigma": s, **{m: (gm_mean(model(x_t, sigma, labels)) - u).square().mean().item()
+                               for m, model in models.items()}}
+        row["gmflow_over_fm"] = row["gmflow"] / row["fm"]
+        rows.append(row)
+        print(row, flush=True)
+    write_json(args.work_dir / testbed.name / "velocity_error.json", {"num": len(x0), "rows": rows})
+
+
 def run_info(folder: Path) -> dict[str, Any] | None:
     if not (folder / "checkpoint.safetensors").exists():
         return None
@@ -533,7 +563,9 @@ def report(args) -> None:
                 seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "solver": p["solver"]}
         as_run = protocol_as_run(gm_dir, fm_dir)
         grid = comparison_grid(name, gm_dir, fm_dir, out)
-        payload["testbeds"][name] = {"runs": runs, "protocol_as_run": as_run, "targets": targets, "table": rows,
+        velocity_file = args.work_dir / name / "velocity_error.json"
+        velocity = json.loads(velocity_file.read_text()) if velocity_file.is_file() else None
+        payload["testbeds"][name] = {"runs": runs, "protocol_as_run": as_run, "velocity_error": velocity, "targets": targets, "table": rows,
                                      "table4": table4, "curves": curves, "second_seed": seeds,
                                      "grid": grid.name if grid else None}
         fig_rows.append((name, gm_dir, fm_dir))
@@ -560,6 +592,11 @@ def report(args) -> None:
                 fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
                 md.append(f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {t['met']} | "
                           f"{t.get('significant', '')} |\n")
+        if velocity:
+            md.append(f"\nMean-velocity error (MSE of the predicted mean velocity against noise - x0 on "
+                      f"{velocity['num']} val images, true labels):\n\n| sigma | GMFlow | FM | GMFlow / FM |\n"
+                      "|---:|---:|---:|---:|\n" + "".join(f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | "
+                                                         f"{r['gmflow_over_fm']:.2f} |\n" for r in velocity["rows"]))
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
@@ -659,11 +696,14 @@ def main() -> None:
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--blocks", type=int, default=4)
+    p = sub.add_parser("diagnose")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("--num", type=int, default=500)
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     {"train": train, "prepare-latents": prepare_latents, "curve": curve, "evaluate": evaluate, "time": time_pair,
-     "report": report}[args.command](args)
+     "diagnose": diagnose, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
