@@ -523,7 +523,8 @@ def report(args) -> None:
                                               "higher", combined_sd(gm6 and gm6["test"]["precision_sd"],
                                                                     fm6 and fm6["test"]["precision_sd"]))
         table4 = {}
-        for nfe in GUIDANCE_NFES:
+        swept = guidance_nfes(gm_dir, fm_dir)
+        for nfe in swept:
             for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)):
                 tests = guided_tests(folder, nfe) + ([test_point(folder, nfe)] if test_point(folder, nfe) else [])
                 if not tests:
@@ -536,7 +537,7 @@ def report(args) -> None:
                     entry["saturation_minus_real_at_best_precision"] = best_p["saturation"] - best_p["saturation_real"]
                 table4[f"{m} NFE {nfe}"] = entry
         if name == "colored_mnist":
-            for nfe in GUIDANCE_NFES:
+            for nfe in swept or GUIDANCE_NFES:
                 pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
                 targets[f"T3_precision_nfe{nfe}"] = target(pg and pg["best_precision"], cfg and cfg["best_precision"],
                                                            "higher")
@@ -605,6 +606,11 @@ def report(args) -> None:
     print((out / "claims.md").read_text())
 
 
+def guidance_nfes(*folders: Path) -> list[int]:
+    """The NFEs at which a guidance sweep of these runs has points."""
+    return sorted({p["nfe"] for folder in folders for p in load_points(folder, "val_") if p["guidance"]})
+
+
 def protocol_as_run(*folders: Path) -> dict[str, Any]:
     """What the evaluated points of these runs cover (NFEs, guidance scales, sample counts), read from the
     point files, so that a reduced sweep is stated beside its numbers."""
@@ -622,9 +628,12 @@ def protocol_as_run(*folders: Path) -> dict[str, Any]:
 
 
 def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | None:
-    """Samples of the best-precision guided test points (GMFlow + PG beside FM + CFG) at the first guidance
+    """Samples of the best-precision guided test points (GMFlow + PG beside FM + CFG) at the first swept
     NFE: one row per digit class, 5 samples of each method side by side."""
-    nfe = GUIDANCE_NFES[0]
+    swept = guidance_nfes(gm_dir, fm_dir)
+    if not swept:
+        return None
+    nfe = swept[0]
     best = [best_precision_point(folder, nfe) for folder in (gm_dir, fm_dir)]
     if any(b is None for b in best):
         return None
@@ -641,7 +650,7 @@ def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | 
 def plot(rows, path: Path) -> Path | None:
     """FD vs precision of the guidance sweeps (test metrics of the val-seed samples), PG and CFG on one plot
     per testbed and NFE."""
-    panels = [(name, nfe, gm, fm) for name, gm, fm in rows for nfe in GUIDANCE_NFES if sweep(gm, nfe) or sweep(fm, nfe)]
+    panels = [(name, nfe, gm, fm) for name, gm, fm in rows for nfe in guidance_nfes(gm, fm)]
     if not panels:
         return None
     plt = pyplot()
