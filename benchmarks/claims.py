@@ -598,6 +598,14 @@ def report(args) -> None:
                       f"{velocity['num']} val images, true labels):\n\n| sigma | GMFlow | FM | GMFlow / FM |\n"
                       "|---:|---:|---:|---:|\n" + "".join(f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | "
                                                          f"{r['gmflow_over_fm']:.2f} |\n" for r in velocity["rows"]))
+        diagnostics = load_points(gm_dir, "diag_")
+        if diagnostics:
+            md.append("\nDiagnostic points (val split, not eligible for any target): the GMFlow network sampled by "
+                      "Euler on its GM mean (the mean ODE, as FM is sampled):\n\n| point | samples | FD | FD sd | "
+                      "precision | recall |\n|---|---:|---:|---:|---:|---:|\n" + "".join(
+                          f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
+                          f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
+            payload["testbeds"][name]["diagnostic_points"] = {p["key"]: p["val"] for p in diagnostics}
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
@@ -642,9 +650,13 @@ def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | 
         images = torch.from_numpy(np.load(folder / "points" / f"{b['key']}.npz")["images"]).float() / 127.5 - 1
         halves.append(images.reshape(10, -1, *images.shape[1:])[:, :5])
     grid = torch.cat(halves, dim=1).reshape(-1, *halves[0].shape[2:])
-    describe = lambda b: f"{b['guidance']} P {b['test']['precision']:.3f}"
+    def describe(b):
+        g = b["guidance"] or {}
+        scale = f"w {g['pg']:g}" if "pg" in g else f"CFG {g['cfg']:g}" if "cfg" in g else "unguided"
+        return f"{scale}, P {b['test']['precision']:.3f}"
+
     return save_image_grid(grid, out / f"claims_{name}_grid.png", nrow=10,
-                           title=f"{name}, NFE {nfe}: GMFlow + PG {describe(best[0])} | FM + CFG {describe(best[1])}")
+                           title=f"NFE {nfe}, left GMFlow+PG ({describe(best[0])})\nright FM ({describe(best[1])})")
 
 
 def plot(rows, path: Path) -> Path | None:

@@ -55,7 +55,10 @@ def recipe(method: str):
 
 def train(args) -> None:
     torch.set_num_threads(args.threads)
-    train_recipe(recipe(args.method), args.work_dir / args.method)
+    chosen = recipe(args.method)
+    if args.iterations is not None:  # a shorter run of the same recipe (the schedule is constant after warm-up)
+        chosen = chosen.with_overrides(train={"iterations": args.iterations})
+    train_recipe(chosen, args.work_dir / args.method)
 
 
 def evaluate(args) -> None:
@@ -64,7 +67,7 @@ def evaluate(args) -> None:
     trained = load_run(folder)
     measure = Measure(TESTBEDS["colored_mnist"], Path("outputs/claims"))
     for solver in SOLVERS[args.method]:
-        for nfe in NFES:
+        for nfe in args.nfes:
             path = folder / "points" / f"{solver}_{nfe}.json"
             if path.is_file():
                 continue
@@ -124,8 +127,11 @@ def main() -> None:
     for name in ("train", "evaluate"):
         p = sub.add_parser(name)
         p.add_argument("method", choices=("gmflow", "fm"))
+        if name == "train":
+            p.add_argument("--iterations", type=int, default=None, help="default: the study's 3,000")
         if name == "evaluate":
             p.add_argument("--num-samples", type=int, default=1000)
+            p.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
