@@ -486,11 +486,11 @@ def report(args) -> None:
     out = args.out
     payload: dict[str, Any] = {"device": "cpu", "protocol": __doc__.split("Protocol")[1].split("Every point")[0],
                                "testbeds": {}}
-    md = ["# Does GMFlow beat flow matching?\n",
+    md = ["# Does GMFlow beat flow matching?\n\n",
           "Each testbed: GMFlow and its flow-matching twin with the same network trunk, data, iterations, batch, "
           "optimizer, schedule, EMA and seed (`configs/<testbed>_{gmflow,fm}.toml`). Choices on the validation "
           "split, numbers from the test split with fresh samples; spread = bootstrap standard deviation; a "
-          "difference is called significant when it exceeds twice the combined spread.\n"]
+          "difference is called significant when it exceeds twice the combined spread.\n\n"]
     fig_rows = []
     for name, testbed in TESTBEDS.items():
         gm_dir, fm_dir = (run_dir(args.work_dir, testbed, f"{m}_s0") for m in ("gmflow", "fm"))
@@ -570,7 +570,7 @@ def report(args) -> None:
                                      "table4": table4, "curves": curves, "second_seed": seeds,
                                      "grid": grid.name if grid else None}
         fig_rows.append((name, gm_dir, fm_dir))
-        md.append(f"## {name}\n")
+        md.append(f"## {name}\n\n")
         for m in ("gmflow", "fm"):
             r = runs[m]
             if r:
@@ -585,7 +585,9 @@ def report(args) -> None:
         if table4:
             cols = sorted({k for e in table4.values() for k in e})
             md.append(markdown_table(table4, list(table4), cols, "Table 4") + "\n")
-        md.append("| target | GMFlow / PG | FM / CFG | met | significant |\n|---|---:|---:|---|---|\n")
+        if not rows:
+            md.append("\nNot evaluated yet: every target below is not measured.\n")
+        md.append("\n| target | GMFlow / PG | FM / CFG | met | significant |\n|---|---:|---:|---|---|\n")
         for tid, t in targets.items():
             if isinstance(t["value"], list):
                 md.append(f"| {tid} | curve ({len(t['value'])} precisions) | | {t['met']} | |\n")
