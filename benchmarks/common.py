@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: interleaved timers; results are written by gmfm.experiments.results."""
+"""Shared benchmark plumbing: interleaved timers, the mean-velocity error of a model; results are written by
+gmfm.experiments.results."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from gmfm.experiments.results import machine_info, write_results as _write_results  # noqa: F401
+from gmfm.experiments.results import machine_info  # noqa: F401
+from gmfm.experiments.results import write_results as _write_results
+from gmfm.math import gm_mean
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -51,3 +54,12 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", **kw
 def write_results(name: str, payload: dict, markdown: str, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` (headed by command, machine and date) under ``out_dir``."""
     return _write_results(name, payload, markdown, out_dir)
+
+
+@torch.no_grad()
+def mean_velocity_error(model: Callable, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+                        sigma: float) -> float:
+    """MSE of a model's predicted mean velocity (the GM mean; K = 1 for flow matching) against u = noise - x0
+    at x_t = (1 - sigma) x0 + sigma noise. x0, noise: (N, C, H, W); labels: (N,)."""
+    x_t, u = (1 - sigma) * x0 + sigma * noise, noise - x0
+    return (gm_mean(model(x_t, torch.full((len(x0),), sigma), labels)) - u).square().mean().item()

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS_DIR, write_results
-
-from gmfm.experiments import load_run
 from gmfm.data.mnist import load_mnist_splits
-from gmfm.math import gm_mean
+from gmfm.experiments import load_run
+
+from .common import RESULTS_DIR, mean_velocity_error, write_results
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
 
@@ -38,12 +37,10 @@ def main() -> None:
     models = {kind: load_run(Path(args.work_dir) / kind).model for kind in ("gmflow", "fm")}
     rows = []
     for s in SIGMAS:
-        sigma = torch.full((len(x0),), s)
-        x_t, u = (1 - s) * x0 + s * noise, noise - x0
         row = {"sigma": s}
         for kind, model in models.items():
             for tag, lab in (("cond", labels), ("uncond", null)):
-                row[f"{kind}_{tag}"] = (gm_mean(model(x_t, sigma, lab)) - u).square().mean().item()
+                row[f"{kind}_{tag}"] = mean_velocity_error(model, x0, lab, noise, s)
         row["gmflow_over_fm_cond"] = row["gmflow_cond"] / row["fm_cond"]
         rows.append(row)
         print(row, flush=True)

@@ -15,7 +15,6 @@ writes ``piflow_2d.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -100,8 +99,7 @@ def main() -> None:
                         title=f"pi-Flow students on the checkerboard ({n:,} samples per cell)")
     budget = {"teacher_iterations": {t: load_run(work / f"teacher_{t}").checkpoint.step for t in ("gmflow", "fm")},
               "student_iterations": {f"student_{t}_k{k}_nfe{nfe}": load_run(work / f"student_{t}_k{k}_nfe{nfe}").checkpoint.step
-                                     for t, k, nfe in students},
-              "command": "python -m benchmarks.piflow_2d " + " ".join(sys.argv[1:])}
+                                     for t, k, nfe in students}}
     lines = [f"Teachers trained {budget['teacher_iterations']} iterations; students "
              f"{sorted(set(budget['student_iterations'].values()))} iterations.", "",
              f"TV / precision / SWD against the exact density, {n:,} samples; data noise floor TV {floor.tv:.4f}. "

@@ -76,10 +76,8 @@ def evaluate(args) -> None:
             plan = SamplingPlan.resolve(trained, solver, nfe)
             x = sample_trained(trained, plan=plan, num_samples=args.num_samples, seed=2, per_sample_seeds=True,
                                batch_size=250, progress=True).clamp(-1, 1)
-            labels = torch.zeros(len(x), dtype=torch.long)  # unconditional: the accuracy below is dropped
             result = {"solver": solver, "nfe": nfe, "num_samples": args.num_samples,
-                      **measure.metrics(x, labels, ("test",))}
-            result.pop("accuracy")  # unconditional samples have no requested class
+                      **measure.metrics(x, None, ("test",))}  # unconditional: no class accuracy
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, result)
             if nfe == 10:
