@@ -41,18 +41,20 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from gmfm.data import make_dataset
 from gmfm.experiments import SamplingPlan, load_recipe, load_run, sample_trained, train_recipe
 from gmfm.experiments.latents import decode_latents, load_vae
 from gmfm.experiments.results import markdown_table, write_json
 from gmfm.guidance import ClassifierFreeGuidance, ProbabilisticGuidance
+from gmfm.math import GaussianMixture, gm_mean, gm_temperature, gm_weights
 from gmfm.metrics.figures import pyplot, save_figure, save_image_grid
 from gmfm.metrics.images import (
     SmallCNNClassifier,
@@ -206,17 +208,48 @@ def plan_for(trained, solver: str, nfe: int, guidance=None) -> SamplingPlan:
                                 spectral=spectral)
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """The training step of ``folder``'s checkpoint, read from its metadata (None: no checkpoint)."""
+    path = folder / "checkpoint.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return int(json.loads((f.metadata() or {})["step"]))
+
+
+class TemperedGM(torch.nn.Module):
+    """A GMFlow denoiser whose u-GM is taken at a temperature T (:func:`gmfm.math.gm_temperature`: weights^(1/T),
+    variances x T). A diagnostic lever at equal cost: if GM sampling suffers because the GM is wider than the
+    data's denoising distribution (an undertrained net spreads its own error into the variance), T < 1 helps."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, temperature
+        self.spectrum_net = getattr(model, "spectrum_net", None)
+        if hasattr(model, "null_label"):
+            self.null_label = model.null_label
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Any = None) -> GaussianMixture:
+        return gm_temperature(self.model(x_t, sigma, condition), self.temperature)
+
+
 def point(measure: Measure, trained, folder: Path, key: str, solver: str, nfe: int, guidance, num: int, seed: int,
-          keep: int = 10) -> dict[str, Any]:
-    """One evaluation point, cached in ``folder/points/<key>.json`` (and its first ``keep`` samples per class)."""
+          keep: int = 10, temperature: float | None = None) -> dict[str, Any]:
+    """One evaluation point, cached in ``folder/points/<key>.json`` (and its first ``keep`` samples per class).
+
+    A cached point counts only if it was measured on the run's current checkpoint (its ``iteration``)."""
     path = folder / "points" / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if cached.get("iteration") == trained.checkpoint.step:
+            return cached
     plan = plan_for(trained, solver, nfe, guidance)
+    sampled = trained if temperature is None else replace(trained, model=TemperedGM(trained.model, temperature))
     tic = time.perf_counter()
-    images, labels = measure.images(trained, plan, num, seed)
+    images, labels = measure.images(sampled, plan, num, seed)
     seconds = time.perf_counter() - tic
-    result = {"key": key, "solver": solver, "nfe": nfe, "guidance": guidance_dict(guidance), "num_samples": num,
+    result = {"key": key, "iteration": trained.checkpoint.step, "solver": solver, "nfe": nfe,
+              "guidance": guidance_dict(guidance), "temperature": temperature, "num_samples": num,
               "seed": seed, "plan": plan.describe(), "sample_seconds": seconds,
               **measure.metrics(images, labels, ("test",) if seed == TEST_SEED else ("val", "test"))}
     order = torch.argsort(labels, stable=True).reshape(10, -1)[:, :keep].reshape(-1)
@@ -286,10 +319,23 @@ def evaluate(args) -> None:
                     g = guidance_from_dict(chosen["guidance"])
                     point(measure, trained, folder, point_key("test", best[nfe], nfe, g), best[nfe], nfe, g,
                           args.num_samples, TEST_SEED)
+    if "diagnostics" in args.stages and method == "gmflow":
+        # Val only, never eligible for a target: the network through the mean ODE (as FM is sampled), and the
+        # chosen GM solver with a colder GM.
+        for nfe in args.diag_nfes:
+            point(measure, trained, folder, f"diag_meanode_euler_{nfe}", "euler", nfe, None, args.solver_samples,
+                  VAL_SEED)
+            solver = best.get(nfe) or best_solver(folder, solvers, nfe)
+            for t in args.temperatures if solver else ():
+                point(measure, trained, folder, f"diag_{solver}_{nfe}_T{t:g}", solver, nfe, None,
+                      args.solver_samples, VAL_SEED, temperature=t)
 
 
 def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((folder / "points").glob(f"{prefix}*.json"))]
+    """The points of ``folder`` whose key starts with ``prefix``, measured on its current checkpoint."""
+    step = checkpoint_step(folder)
+    points = (json.loads(p.read_text()) for p in sorted((folder / "points").glob(f"{prefix}*.json")))
+    return [p for p in points if p.get("iteration") == step]
 
 
 def best_solver(folder: Path, solvers, nfe: int) -> str | None:
@@ -391,14 +437,28 @@ def diagnose(args) -> None:
     val = make_dataset(name, **options).split("val")
     x0, labels = val.images.float()[: args.num], val.labels[: args.num]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    models = {m: load_run(run_dir(args.work_dir, testbed, f"{m}_s0")).model.eval() for m in ("gmflow", "fm")}
+    runs = {m: load_run(run_dir(args.work_dir, testbed, f"{m}_s0")) for m in ("gmflow", "fm")}
+    models = {m: run.model.eval() for m, run in runs.items()}
     rows = []
     for s in DIAGNOSE_SIGMAS:
         row = {"sigma": s, **{m: mean_velocity_error(model, x0, labels, noise, s) for m, model in models.items()}}
         row["gmflow_over_fm"] = row["gmflow"] / row["fm"]
+        # The GM's own spread (per-element variance of the mixture, averaged) against its mean's actual error:
+        # NLL training makes the two match in aggregate, so GM draws carry the network's error as noise.
+        row["gmflow_gm_variance"] = gm_variance(models["gmflow"](
+            (1 - s) * x0 + s * noise, torch.full((len(x0),), s), labels)).mean().item()
+        row["gm_variance_over_error"] = row["gmflow_gm_variance"] / row["gmflow"]
         rows.append(row)
         print(row, flush=True)
-    write_json(args.work_dir / testbed.name / "velocity_error.json", {"num": len(x0), "rows": rows})
+    write_json(args.work_dir / testbed.name / "velocity_error.json",
+               {"num": len(x0), "iterations": {m: run.checkpoint.step for m, run in runs.items()}, "rows": rows})
+
+
+def gm_variance(gm: GaussianMixture) -> torch.Tensor:
+    """Per-element variance of a GM (..., K, C, H, W) -> (..., C, H, W): sum_k w_k (s_k^2 + (mu_k - mean)^2)."""
+    weights = gm_weights(gm)
+    spread = (weights * (gm.means - gm_mean(gm).unsqueeze(-4)).square()).sum(-4)
+    return spread + (weights * torch.exp(2 * gm.logstds)).sum(-4)
 
 
 def run_info(folder: Path) -> dict[str, Any] | None:
@@ -593,13 +653,27 @@ def report(args) -> None:
                           f"{t.get('significant', '')} |\n")
         if velocity:
             md.append(f"\nMean-velocity error (MSE of the predicted mean velocity against noise - x0 on "
-                      f"{velocity['num']} val images, true labels):\n\n| sigma | GMFlow | FM | GMFlow / FM |\n"
-                      "|---:|---:|---:|---:|\n" + "".join(f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | "
-                                                         f"{r['gmflow_over_fm']:.2f} |\n" for r in velocity["rows"]))
+                      f"{velocity['num']} val images, true labels) and the GMFlow GM's own variance (averaged "
+                      "per element) over that error:\n\n| sigma | GMFlow | FM | GMFlow / FM | GM variance / "
+                      "GMFlow error |\n|---:|---:|---:|---:|---:|\n" + "".join(
+                          f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | {r['gmflow_over_fm']:.2f} | "
+                          f"{r.get('gm_variance_over_error', float('nan')):.2f} |\n" for r in velocity["rows"]))
+        history = {m: solver_history(folder) for m, folder in (("gmflow", gm_dir), ("fm", fm_dir))}
+        if any(len(h) > 1 for h in history.values()):
+            payload["testbeds"][name]["val_history"] = history
+            cols = sorted({nfe for h in history.values() for by_nfe in h.values() for nfe in by_nfe}, key=int)
+            md.append("\nBest unguided val FD (over the solvers, 200 samples) at each evaluated checkpoint:\n\n| run | "
+                      "iteration | " + " | ".join(f"NFE {n}" for n in cols) + " |\n|---|---:|" + "---:|" * len(cols)
+                      + "\n" + "".join(
+                          f"| {m} | {it} | " + " | ".join(
+                              f"{by_nfe[n]['fd']:.1f} ({by_nfe[n]['solver']})" if n in by_nfe else "" for n in cols)
+                          + " |\n" for m, h in history.items() for it, by_nfe in sorted(h.items())))
         diagnostics = load_points(gm_dir, "diag_")
         if diagnostics:
-            md.append("\nDiagnostic points (val split, not eligible for any target): the GMFlow network sampled by "
-                      "Euler on its GM mean (the mean ODE, as FM is sampled):\n\n| point | samples | FD | FD sd | "
+            md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
+                      "GMFlow network sampled by Euler on its GM mean (the mean ODE, as FM is sampled); "
+                      "`diag_<solver>_N_T<t>` is the chosen GM solver with the GM at temperature t (weights^(1/t), "
+                      "variances x t):\n\n| point | samples | FD | FD sd | "
                       "precision | recall |\n|---|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
                           f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
@@ -610,6 +684,24 @@ def report(args) -> None:
     figure = plot(fig_rows, out / "claims.png")
     write_results("claims", payload, "".join(md) + (f"\n![claims]({figure.name})\n" if figure else ""), out)
     print((out / "claims.md").read_text())
+
+
+def solver_history(folder: Path) -> dict[int, dict[int, dict[str, Any]]]:
+    """{iteration: {nfe: best unguided val point (fd, solver)}} over the current points and the archived ones
+    (``points_it<iteration>``, kept when a run was trained further)."""
+    sets = {int(d.name.removeprefix("points_it")): [json.loads(f.read_text()) for f in d.glob("val_*.json")]
+            for d in folder.glob("points_it*") if d.is_dir()}
+    step = checkpoint_step(folder)
+    if step is not None:
+        sets.setdefault(step, []).extend(load_points(folder, "val_"))
+    out: dict[int, dict[int, dict[str, Any]]] = {}
+    for iteration, points in sets.items():
+        for p in points:
+            if p["guidance"] is None:
+                best = out.setdefault(iteration, {}).get(p["nfe"])
+                if best is None or p["val"]["fd"] < best["fd"]:
+                    out[iteration][p["nfe"]] = {"fd": p["val"]["fd"], "solver": p["solver"]}
+    return out
 
 
 def guidance_nfes(*folders: Path) -> list[int]:
@@ -703,7 +795,8 @@ def main() -> None:
     p = sub.add_parser("evaluate")
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("run")
-    p.add_argument("--stages", nargs="+", default=["solvers", "test", "guidance"])
+    p.add_argument("--stages", nargs="+", default=["solvers", "test", "guidance", "diagnostics"],
+                   choices=["solvers", "test", "guidance", "diagnostics"])
     p.add_argument("--nfes", type=int, nargs="+", default=None)
     p.add_argument("--guidance-nfes", type=int, nargs="+", default=None)
     p.add_argument("--pg-scales", type=float, nargs="+", default=PG_SCALES)
@@ -711,6 +804,9 @@ def main() -> None:
     p.add_argument("--orthogonal", type=float, nargs="+", default=[1.0, 0.0])
     p.add_argument("--num-samples", type=int, default=1000, help="samples of a test point and a guidance-sweep point")
     p.add_argument("--solver-samples", type=int, default=500, help="samples of a val point of the solver sweep")
+    p.add_argument("--diag-nfes", type=int, nargs="+", default=[8, 32], help="NFEs of the diagnostic points")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.25],
+                   help="GM temperatures of the diagnostic points (GMFlow runs)")
     p = sub.add_parser("time")
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("--iterations", type=int, default=5)
