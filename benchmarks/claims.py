@@ -668,6 +668,13 @@ def report(args) -> None:
                           f"| {m} | {it} | " + " | ".join(
                               f"{by_nfe[n]['fd']:.1f} ({by_nfe[n]['solver']})" if n in by_nfe else "" for n in cols)
                           + " |\n" for m, h in history.items() for it, by_nfe in sorted(h.items())))
+        if curves:
+            steps = sorted({e["iteration"] for c in curves.values() for e in c})
+            md.append("\nTraining curve (`claims curve`: val FD after each chunk, 500 samples, the recipe's solver at "
+                      "8 NFE):\n\n| run | " + " | ".join(f"{s:,} it" for s in steps) + " |\n|---|" + "---:|" * len(steps)
+                      + "\n" + "".join(f"| {m} | " + " | ".join(
+                          next((f"{e['fd']:.1f}" for e in c if e["iteration"] == s), "") for s in steps) + " |\n"
+                          for m, c in curves.items()))
         diagnostics = load_points(gm_dir, "diag_")
         if diagnostics:
             md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
