@@ -617,7 +617,8 @@ def report(args) -> None:
         for m in ("gmflow", "fm"):
             p = test_point(run_dir(args.work_dir, testbed, f"{m}_s1"), 8)
             if p:
-                seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "solver": p["solver"]}
+                seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "seed1_fd_sd": p["test"]["fd_sd"], "solver": p["solver"],
+                            "seed0_fd_nfe8": rows.get(f"{m} NFE 8", {}).get("FD")}
         as_run = protocol_as_run(gm_dir, fm_dir)
         grid = comparison_grid(name, gm_dir, fm_dir, out)
         velocity_file = args.work_dir / name / "velocity_error.json"
@@ -668,6 +669,11 @@ def report(args) -> None:
                           f"| {m} | {it} | " + " | ".join(
                               f"{by_nfe[n]['fd']:.1f} ({by_nfe[n]['solver']})" if n in by_nfe else "" for n in cols)
                           + " |\n" for m, h in history.items() for it, by_nfe in sorted(h.items())))
+        if seeds:
+            md.append("\nSecond training seed (seed 1, same recipe and budget; test FD at 8 NFE, solver chosen on val):"
+                      "\n\n| run | seed 0 | seed 1 | seed 1 solver |\n|---|---:|---:|---|\n" + "".join(
+                          f"| {m} | {v['seed0_fd_nfe8'] or float('nan'):.1f} | {v['seed1_fd_nfe8']:.1f} +- {v['seed1_fd_sd']:.1f} | "
+                          f"{v['solver']} |\n" for m, v in seeds.items()))
         if curves:
             steps = sorted({e["iteration"] for c in curves.values() for e in c})
             md.append("\nTraining curve (`claims curve`: val FD after each chunk, 500 samples, the recipe's solver at "
