@@ -6,6 +6,7 @@
     python -m benchmarks.claims evaluate mnist gmflow_s0             # solver sweep, guidance sweeps, test points
     python -m benchmarks.claims time mnist                           # seconds / iteration of the pair, interleaved
     python -m benchmarks.claims diagnose colored_mnist                # mean-velocity error per noise level
+    python -m benchmarks.claims probe-reweighting colored_mnist      # what 2nd order and PG do to the GM
     python -m benchmarks.claims report                               # claims.{json,md,png}, grids
 
 Testbeds (recipes ``configs/<testbed>_gmflow.toml`` and ``<testbed>_fm.toml``, which differ only in the GM
@@ -20,8 +21,9 @@ Protocol (paper Sec. 4, Tables 2-4, at this scale):
   recall with k = 3, class accuracy, HSV saturation), with a bootstrap spread (resampling both sets);
 - choices are made on the validation split (50 digits per class) with sampling seed 1; what is reported
   comes from the test split (another 50 per class) with fresh samples (seed 2). No choice sees the test split;
-- NFE 4, 6, 8, 16, 32; GMFlow solvers gmode2, gmsde2 (spectral sampling) and gmsde2 without it, FM solvers
-  euler, dpmpp2m, ddpm_small, unipc (GMFlow never has more to choose from);
+- NFE 4, 6, 8, 16, 32; GMFlow solvers gmode2, gmsde2 (spectral sampling), gmsde2 without it and the
+  first-order gmode (the colour testbed showed the 2nd-order correction can cost more than it gains), FM
+  solvers euler, dpmpp2m, ddpm_small, unipc (four each: GMFlow never has more to choose from);
 - guidance sweeps with the solver chosen at that NFE: probabilistic guidance (orthogonal 1 and 0) and CFG;
   the sweep's FD-vs-precision curves are drawn from the test split's metrics of the sweep's samples (no
   choice is made on them); the settings with the best FD and the best precision on val are re-sampled
@@ -69,7 +71,7 @@ from .common import RESULTS_DIR, mean_velocity_error, write_results
 
 WORK = Path("outputs/claims")
 NFES = (4, 6, 8, 16, 32)
-GM_SOLVERS = ("gmode2", "gmsde2", "gmsde2_nospectral")
+GM_SOLVERS = ("gmode2", "gmsde2", "gmsde2_nospectral", "gmode")
 FM_SOLVERS = ("euler", "dpmpp2m", "ddpm_small", "unipc")
 PG_SCALES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45)
 CFG_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
@@ -329,6 +331,10 @@ def evaluate(args) -> None:
             for t in args.temperatures if solver else ():
                 point(measure, trained, folder, f"diag_{solver}_{nfe}_T{t:g}", solver, nfe, None,
                       args.solver_samples, VAL_SEED, temperature=t)
+            # Other GM solvers (e.g. the first-order ones): which part of a solver costs quality.
+            for other in args.diag_solvers:
+                point(measure, trained, folder, f"diag_{other}_{nfe}", other, nfe, None, args.solver_samples,
+                      VAL_SEED)
 
 
 def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
@@ -454,6 +460,52 @@ def diagnose(args) -> None:
                {"num": len(x0), "iterations": {m: run.checkpoint.step for m, run in runs.items()}, "rows": rows})
 
 
+def probe_reweighting(args) -> None:
+    """What the GM reweightings do to each step's GM (GMFlow ``gmflow_s0`` of a testbed, ``--num`` val-seed
+    samples): the 2nd-order correction of gmode2 (unguided) and probabilistic guidance (first-order gmode, PG
+    scales ``--pg-scales``). Each is one reweighting of the per-pixel GM towards a Gaussian with a shifted mean;
+    per call the probe records the share of the GM's variance the shift takes (1 - target variance / surrogate
+    variance) and the mean per-pixel entropy of the component weights before and after. A GM whose components
+    are narrow and far apart can only move its mean by moving weight between modes, pixel by pixel.
+    Writes reweighting.json."""
+    from gmfm.guidance import probabilistic
+    from gmfm.solvers import second_order
+
+    testbed = TESTBEDS[args.testbed]
+    torch.set_num_threads(args.threads)
+    trained = load_run(run_dir(args.work_dir, testbed, "gmflow_s0"))
+    calls: list[dict[str, float]] = []
+    original = second_order.reweight_towards
+
+    def entropy(gm: GaussianMixture) -> float:
+        w = gm_weights(gm)
+        return float(-(w * w.clamp(min=1e-12).log()).sum(-4).mean())
+
+    def probed(base, surrogate, target):
+        out = original(base, surrogate, target)
+        calls.append({"bias_share": float((1 - target.var / surrogate.var).mean()),
+                      "entropy_before": entropy(base), "entropy_after": entropy(out)})
+        return out
+
+    cases = [("gmode2", nfe, None) for nfe in args.nfes]
+    cases += [("gmode", nfe, ProbabilisticGuidance(w, 1.0)) for nfe in args.nfes for w in args.pg_scales]
+    rows = {}
+    second_order.reweight_towards = probabilistic.reweight_towards = probed  # read-only probes, restored below
+    try:
+        for solver, nfe, guidance in cases:
+            calls.clear()
+            sample_trained(trained, plan=plan_for(trained, solver, nfe, guidance), labels=torch.arange(args.num) % 10,
+                           seed=VAL_SEED, per_sample_seeds=True, batch_size=args.num)
+            key = f"{solver}_{nfe}" + (f"_pg{guidance.scale:g}" if guidance else "")
+            rows[key] = [{"call": i + 1, **r} for i, r in enumerate(calls)]
+            for r in rows[key]:
+                print(key, {k: round(v, 4) for k, v in r.items()}, flush=True)
+    finally:
+        second_order.reweight_towards = probabilistic.reweight_towards = original
+    write_json(args.work_dir / testbed.name / "reweighting.json",
+               {"num": args.num, "iteration": trained.checkpoint.step, "cases": rows})
+
+
 def gm_variance(gm: GaussianMixture) -> torch.Tensor:
     """Per-element variance of a GM (..., K, C, H, W) -> (..., C, H, W): sum_k w_k (s_k^2 + (mu_k - mean)^2)."""
     weights = gm_weights(gm)
@@ -487,14 +539,19 @@ def target(value: float | None, bound: float | None, better: str, spread: float 
 
 
 def test_point(folder: Path, nfe: int, guidance=None) -> dict[str, Any] | None:
+    """The test point of the solver chosen on val at ``nfe`` (test points of other solvers, measured before
+    the solver set grew, are not reported)."""
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
     for p in load_points(folder, "test_"):
-        if p["nfe"] == nfe and p["guidance"] == guidance_dict(guidance):
+        if p["nfe"] == nfe and p["solver"] == solver and p["guidance"] == guidance_dict(guidance):
             return p
     return None
 
 
 def guided_tests(folder: Path, nfe: int) -> list[dict[str, Any]]:
-    return [p for p in load_points(folder, "test_") if p["nfe"] == nfe and p["guidance"] is not None]
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
+    return [p for p in load_points(folder, "test_")
+            if p["nfe"] == nfe and p["solver"] == solver and p["guidance"] is not None]
 
 
 def sweep(folder: Path, nfe: int) -> list[dict[str, Any]]:
@@ -659,6 +716,17 @@ def report(args) -> None:
                       "GMFlow error |\n|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | {r['gmflow_over_fm']:.2f} | "
                           f"{r.get('gm_variance_over_error', float('nan')):.2f} |\n" for r in velocity["rows"]))
+        probe_file = args.work_dir / name / "reweighting.json"
+        if probe_file.is_file():
+            probe = json.loads(probe_file.read_text())
+            payload["testbeds"][name]["reweighting_probe"] = probe
+            md.append(f"\nWhat a GM reweighting does ({probe['num']} val-seed samples; `probe-reweighting`): per call, "
+                      "the share of the GM's variance its mean shift takes, and the mean per-pixel entropy (nats) of "
+                      "the component weights before -> after; `gmode2_N` is the 2nd-order correction (unguided), "
+                      "`gmode_N_pgW` probabilistic guidance with the first-order solver:\n\n| case | call | "
+                      "shift share | weight entropy before | after |\n|---|---:|---:|---:|---:|\n" + "".join(
+                          f"| {key} | {r['call']} | {r['bias_share']:.3f} | {r['entropy_before']:.3f} | "
+                          f"{r['entropy_after']:.3f} |\n" for key, rs in probe["cases"].items() for r in rs))
         history = {m: solver_history(folder) for m, folder in (("gmflow", gm_dir), ("fm", fm_dir))}
         if any(len(h) > 1 for h in history.values()):
             payload["testbeds"][name]["val_history"] = history
@@ -686,7 +754,7 @@ def report(args) -> None:
             md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
                       "GMFlow network sampled by Euler on its GM mean (the mean ODE, as FM is sampled); "
                       "`diag_<solver>_N_T<t>` is the chosen GM solver with the GM at temperature t (weights^(1/t), "
-                      "variances x t):\n\n| point | samples | FD | FD sd | "
+                      "variances x t); `diag_gmode_N` / `diag_gmsde_N` are the first-order GM solvers:\n\n| point | samples | FD | FD sd | "
                       "precision | recall |\n|---|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
                           f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
@@ -818,8 +886,10 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="samples of a test point and a guidance-sweep point")
     p.add_argument("--solver-samples", type=int, default=500, help="samples of a val point of the solver sweep")
     p.add_argument("--diag-nfes", type=int, nargs="+", default=[8, 32], help="NFEs of the diagnostic points")
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.25],
+    p.add_argument("--temperatures", type=float, nargs="*", default=[0.5, 0.25],
                    help="GM temperatures of the diagnostic points (GMFlow runs)")
+    p.add_argument("--diag-solvers", nargs="+", default=[], choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
+                   help="GM solvers measured as diagnostic points (GMFlow runs)")
     p = sub.add_parser("time")
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("--iterations", type=int, default=5)
@@ -827,11 +897,16 @@ def main() -> None:
     p = sub.add_parser("diagnose")
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("--num", type=int, default=500)
+    p = sub.add_parser("probe-reweighting")
+    p.add_argument("testbed", choices=TESTBEDS)
+    p.add_argument("--nfes", type=int, nargs="+", default=[8])
+    p.add_argument("--pg-scales", type=float, nargs="*", default=[0.05])
+    p.add_argument("--num", type=int, default=100)
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     {"train": train, "prepare-latents": prepare_latents, "curve": curve, "evaluate": evaluate, "time": time_pair,
-     "diagnose": diagnose, "report": report}[args.command](args)
+     "diagnose": diagnose, "probe-reweighting": probe_reweighting, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
