@@ -494,8 +494,9 @@ def probe_reweighting(args) -> None:
     try:
         for solver, nfe, guidance in cases:
             calls.clear()
-            sample_trained(trained, plan=plan_for(trained, solver, nfe, guidance), labels=torch.arange(args.num) % 10,
-                           seed=VAL_SEED, per_sample_seeds=True, batch_size=args.num)
+            sample_trained(trained, plan=plan_for(trained, solver, nfe, guidance),
+                           labels=torch.arange(args.num) % 10, seed=VAL_SEED, per_sample_seeds=True,
+                           batch_size=args.num)
             key = f"{solver}_{nfe}" + (f"_pg{guidance.scale:g}" if guidance else "")
             rows[key] = [{"call": i + 1, **r} for i, r in enumerate(calls)]
             for r in rows[key]:
@@ -680,7 +681,8 @@ def report(args) -> None:
         grid = comparison_grid(name, gm_dir, fm_dir, out)
         velocity_file = args.work_dir / name / "velocity_error.json"
         velocity = json.loads(velocity_file.read_text()) if velocity_file.is_file() else None
-        payload["testbeds"][name] = {"runs": runs, "protocol_as_run": as_run, "velocity_error": velocity, "targets": targets, "table": rows,
+        payload["testbeds"][name] = {"runs": runs, "protocol_as_run": as_run, "velocity_error": velocity,
+                                     "targets": targets, "table": rows,
                                      "table4": table4, "curves": curves, "second_seed": seeds,
                                      "grid": grid.name if grid else None}
         fig_rows.append((name, gm_dir, fm_dir))
@@ -720,8 +722,9 @@ def report(args) -> None:
         if probe_file.is_file():
             probe = json.loads(probe_file.read_text())
             payload["testbeds"][name]["reweighting_probe"] = probe
-            md.append(f"\nWhat a GM reweighting does ({probe['num']} val-seed samples; `probe-reweighting`): per call, "
-                      "the share of the GM's variance its mean shift takes, and the mean per-pixel entropy (nats) of "
+            md.append(f"\nWhat a GM reweighting does ({probe['num']} val-seed samples; `probe-reweighting`): "
+                      "per call, the share of the GM's variance its mean shift takes, and the mean per-pixel entropy "
+                      "(nats) of "
                       "the component weights before -> after; `gmode2_N` is the 2nd-order correction (unguided), "
                       "`gmode_N_pgW` probabilistic guidance with the first-order solver:\n\n| case | call | "
                       "shift share | weight entropy before | after |\n|---|---:|---:|---:|---:|\n" + "".join(
@@ -740,12 +743,14 @@ def report(args) -> None:
         if seeds:
             md.append("\nSecond training seed (seed 1, same recipe and budget; test FD at 8 NFE, solver chosen on val):"
                       "\n\n| run | seed 0 | seed 1 | seed 1 solver |\n|---|---:|---:|---|\n" + "".join(
-                          f"| {m} | {v['seed0_fd_nfe8'] or float('nan'):.1f} | {v['seed1_fd_nfe8']:.1f} +- {v['seed1_fd_sd']:.1f} | "
+                          f"| {m} | {v['seed0_fd_nfe8'] or float('nan'):.1f} | "
+                          f"{v['seed1_fd_nfe8']:.1f} +- {v['seed1_fd_sd']:.1f} | "
                           f"{v['solver']} |\n" for m, v in seeds.items()))
         if curves:
             steps = sorted({e["iteration"] for c in curves.values() for e in c})
             md.append("\nTraining curve (`claims curve`: val FD after each chunk, 500 samples, the recipe's solver at "
-                      "8 NFE):\n\n| run | " + " | ".join(f"{s:,} it" for s in steps) + " |\n|---|" + "---:|" * len(steps)
+                      "8 NFE):\n\n| run | " + " | ".join(f"{s:,} it" for s in steps) + " |\n|---|"
+                      + "---:|" * len(steps)
                       + "\n" + "".join(f"| {m} | " + " | ".join(
                           next((f"{e['fd']:.1f}" for e in c if e["iteration"] == s), "") for s in steps) + " |\n"
                           for m, c in curves.items()))
@@ -754,8 +759,9 @@ def report(args) -> None:
             md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
                       "GMFlow network sampled by Euler on its GM mean (the mean ODE, as FM is sampled); "
                       "`diag_<solver>_N_T<t>` is the chosen GM solver with the GM at temperature t (weights^(1/t), "
-                      "variances x t); `diag_gmode_N` / `diag_gmsde_N` are the first-order GM solvers:\n\n| point | samples | FD | FD sd | "
-                      "precision | recall |\n|---|---:|---:|---:|---:|---:|\n" + "".join(
+                      "variances x t); `diag_gmode_N` / `diag_gmsde_N` are the first-order GM solvers:\n\n"
+                      "| point | samples | FD | FD sd | precision | recall |\n"
+                      "|---|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
                           f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
             payload["testbeds"][name]["diagnostic_points"] = {p["key"]: p["val"] for p in diagnostics}
@@ -841,7 +847,8 @@ def plot(rows, path: Path) -> Path | None:
     for ax, (name, nfe, gm, fm) in zip(axes[0], panels):
         for folder, label, style in ((gm, "GMFlow, probabilistic guidance", "-o"), (fm, "FM, CFG", "--s")):
             for orth in ((1.0, 0.0) if folder is gm else (None,)):
-                pts = [p for p in sweep(folder, nfe) if orth is None or (p["guidance"] or {}).get("orthogonal", 1.0) == orth]
+                pts = [p for p in sweep(folder, nfe)
+                       if orth is None or (p["guidance"] or {}).get("orthogonal", 1.0) == orth]
                 pts = sorted(pts, key=lambda p: (p["guidance"] or {}).get("pg", (p["guidance"] or {}).get("cfg", 0)))
                 if pts:
                     tag = label + ("" if orth is None else f" (orthogonal {orth:g})")
@@ -888,7 +895,8 @@ def main() -> None:
     p.add_argument("--diag-nfes", type=int, nargs="+", default=[8, 32], help="NFEs of the diagnostic points")
     p.add_argument("--temperatures", type=float, nargs="*", default=[0.5, 0.25],
                    help="GM temperatures of the diagnostic points (GMFlow runs)")
-    p.add_argument("--diag-solvers", nargs="+", default=[], choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
+    p.add_argument("--diag-solvers", nargs="+", default=[],
+                   choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
                    help="GM solvers measured as diagnostic points (GMFlow runs)")
     p = sub.add_parser("time")
     p.add_argument("testbed", choices=TESTBEDS)
