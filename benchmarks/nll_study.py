@@ -23,10 +23,11 @@ from gmfm.experiments import load_recipe, train_recipe
 from gmfm.experiments.likelihood import validation_nll
 from gmfm.metrics.figures import pyplot, save_figure
 
+from .claims import WORK as CLAIMS_WORK
 from .common import RESULTS_DIR, write_results
 
-WORK = Path("outputs/nll_study")
-CACHE = Path("outputs/claims/mnist_latent/cache")
+WORK = Path("benchmarks/runs/nll")
+CACHE = CLAIMS_WORK / "mnist_latent" / "cache"
 HOLDOUT = 500
 
 

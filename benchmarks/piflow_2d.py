@@ -28,7 +28,7 @@ from gmfm.solvers.flow_solvers import FLOW_SOLVERS
 
 from .common import RESULTS_DIR, write_results
 
-WORK = Path("outputs/piflow_2d")
+WORK = Path("benchmarks/runs/piflow_2d")
 NFES = (1, 2, 4)
 
 

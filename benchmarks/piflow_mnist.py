@@ -4,7 +4,7 @@ twin), against the teacher's best FD at 8 NFE.
     python -m benchmarks.piflow_mnist train                 # students (resumable; teachers from the claims study)
     python -m benchmarks.piflow_mnist report
 
-Teachers: ``outputs/claims/mnist/{gmflow,fm}_s0`` (``python -m benchmarks.claims train mnist ...``). Students:
+Teachers: ``benchmarks/runs/claims/mnist/{gmflow,fm}_s0`` (``python -m benchmarks.claims train mnist ...``). Students:
 ``mnist_piflow`` (K = 8, the teacher's GM-DiT, initialised from it), NFE 1, 2, 4 of the GMFlow teacher and
 NFE 4 of the FM teacher. Metrics as the claims study (1,000 class-balanced samples, test split, the small
 CNN's features, bootstrap spread); the teacher's figure is its claims-study test point at 8 NFE (the solver
@@ -25,10 +25,11 @@ from gmfm.experiments.results import write_json
 from gmfm.metrics.figures import save_image_grid
 
 from .claims import TEST_SEED, TESTBEDS, Measure, test_point
+from .claims import WORK as CLAIMS_WORK
 from .common import RESULTS_DIR, write_results
 
-WORK = Path("outputs/piflow_mnist")
-TEACHERS = Path("outputs/claims/mnist")
+WORK = Path("benchmarks/runs/piflow_mnist")
+TEACHERS = CLAIMS_WORK / "mnist"
 STUDENTS = [("gmflow", 1), ("gmflow", 2), ("gmflow", 4), ("fm", 4)]
 
 
@@ -42,7 +43,7 @@ def train(args) -> None:
 
 def report(args) -> None:
     torch.set_num_threads(args.threads)
-    measure = Measure(TESTBEDS["mnist"], Path("outputs/claims"))
+    measure = Measure(TESTBEDS["mnist"], CLAIMS_WORK)
     rows = {}
     for teacher, nfe in STUDENTS:
         folder = args.work_dir / f"{teacher}_nfe{nfe}"

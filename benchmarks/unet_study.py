@@ -31,9 +31,10 @@ from gmfm.experiments.results import markdown_table, write_json
 from gmfm.metrics.figures import save_image_grid
 
 from .claims import TESTBEDS, Measure
+from .claims import WORK as CLAIMS_WORK
 from .common import RESULTS_DIR, write_results
 
-WORK = Path("outputs/unet_study")
+WORK = Path("benchmarks/runs/unet")
 NFES = (10, 25, 50, 100)
 SOLVERS = {"gmflow": ("gmsde2",), "fm": ("ddpm_small", "euler", "dpmpp2m")}
 SCALED = {"model": {"block_out_channels": [32, 64, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
@@ -67,7 +68,7 @@ def evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     folder = args.work_dir / args.method
     trained = load_run(folder)
-    measure = Measure(TESTBEDS["colored_mnist"], Path("outputs/claims"))
+    measure = Measure(TESTBEDS["colored_mnist"], CLAIMS_WORK)
     for solver in SOLVERS[args.method]:
         for nfe in args.nfes:
             path = folder / "points" / f"{solver}_{nfe}.json"
