@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from gmfm.data import make_dataset
 from gmfm.experiments import SamplingPlan, load_recipe, load_run, sample_trained, train_recipe
@@ -70,6 +69,7 @@ from gmfm.metrics.images import (
     precision_recall,
     train_classifier,
 )
+from gmfm.training import CHECKPOINT_NAME, read_checkpoint_metadata
 
 from .common import RESULTS_DIR, mean_velocity_error, write_results
 
@@ -216,11 +216,8 @@ def plan_for(trained, solver: str, nfe: int, guidance=None) -> SamplingPlan:
 
 def checkpoint_step(folder: Path) -> int | None:
     """The training step of ``folder``'s checkpoint, read from its metadata (None: no checkpoint)."""
-    path = folder / "checkpoint.safetensors"
-    if not path.is_file():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        return int(json.loads((f.metadata() or {})["step"]))
+    path = folder / CHECKPOINT_NAME
+    return read_checkpoint_metadata(path)["step"] if path.is_file() else None
 
 
 class TemperedGM(torch.nn.Module):

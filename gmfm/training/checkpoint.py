@@ -212,6 +212,34 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
             raise ValueError(f"checkpoint {path} has invalid '{key}' metadata (expected a table)")
 
 
+def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    try:
+        metadata = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint {path} has unreadable metadata: {err}") from err
+    _check_metadata(path, metadata)
+    return metadata
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (``step``, ``settings``, ``model``, ...), checked as :func:`load_checkpoint`
+    checks it, without reading a tensor: cheap enough to ask a run folder's step many times.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: naming the file, if it is not a readable gmfm checkpoint or its metadata is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
+    return _decode_metadata(path, raw)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read and verify a checkpoint (format, metadata, checksum).
 
@@ -236,11 +264,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
-    try:
-        metadata = {k: json.loads(v) for k, v in raw.items()}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"checkpoint {path} has unreadable metadata: {err}") from err
-    _check_metadata(path, metadata)
+    metadata = _decode_metadata(path, raw)
     expected = metadata.get("checksum")
     if expected is not None and tensors_checksum(tensors) != expected:
         raise ValueError(f"checkpoint {path} is damaged: its tensor data does not match the checksum in its "

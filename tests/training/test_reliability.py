@@ -27,6 +27,7 @@ from gmfm.training import (
     SettingsChangedError,
     TrainConfig,
     load_checkpoint,
+    read_checkpoint_metadata,
     save_checkpoint,
     train,
 )
@@ -126,13 +127,29 @@ def test_a_flipped_bit_in_a_checkpoint_is_detected(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("read", [load_checkpoint, read_checkpoint_metadata])
 @pytest.mark.parametrize("step", [-1, [], "7", None])
-def test_invalid_metadata_is_an_error_naming_the_file(tmp_path, step):
+def test_invalid_metadata_is_an_error_naming_the_file(tmp_path, step, read):
     path = tmp_path / "c.safetensors"
     save_file({"model/w": torch.zeros(2)}, str(path),
               metadata={"format": json.dumps("gmfm-checkpoint-v1"), "step": json.dumps(step)})
     with pytest.raises(ValueError, match=r"c.safetensors has an invalid step .* \(expected an integer >= 0\)"):
-        load_checkpoint(path)
+        read(path)
+
+
+def test_the_metadata_reader_agrees_with_the_full_load_and_refuses_other_files(tmp_path):
+    model = GMFlowMLP2D(num_components=4, hidden_dim=32, num_layers=2)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, 17, metadata={"note": "x"})
+    assert read_checkpoint_metadata(path) == load_checkpoint(path).metadata
+    assert read_checkpoint_metadata(path)["step"] == 17
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="other.safetensors is not a gmfm checkpoint"):
+        read_checkpoint_metadata(tmp_path / "other.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="cut.safetensors is truncated or corrupt"):
+        read_checkpoint_metadata(tmp_path / "cut.safetensors")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+        read_checkpoint_metadata(tmp_path / "missing.safetensors")
 
 
 def test_weights_that_are_not_finite_are_never_saved_or_loaded(tmp_path):
