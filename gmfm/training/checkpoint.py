@@ -212,6 +212,18 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
             raise ValueError(f"checkpoint {path} has invalid '{key}' metadata (expected a table)")
 
 
+def _read_file(path: Path, tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The raw metadata (and the tensors, if asked) of a safetensors file, with one-line errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = list(f.keys()) if tensors else []
+            return f.metadata() or {}, {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
+
+
 def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     try:
         metadata = {k: json.loads(v) for k, v in raw.items()}
@@ -230,14 +242,7 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         ValueError: naming the file, if it is not a readable gmfm checkpoint or its metadata is invalid.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
-    return _decode_metadata(path, raw)
+    return _decode_metadata(path, _read_file(path, tensors=False)[0])
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -256,14 +261,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             has invalid metadata, or does not match its checksum.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt: {err}") from err
+    raw, tensors = _read_file(path, tensors=True)
     metadata = _decode_metadata(path, raw)
     expected = metadata.get("checksum")
     if expected is not None and tensors_checksum(tensors) != expected:
