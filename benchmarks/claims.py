@@ -615,12 +615,13 @@ def report(args) -> None:
         shutil.copyfile(out / "claims.png", out / CARRIED_FIGURE)
     for name, testbed in TESTBEDS.items():
         gm_dir, fm_dir = (run_dir(args.work_dir, testbed, f"{m}_s0") for m in ("gmflow", "fm"))
-        runs = {"gmflow": run_info(gm_dir), "fm": run_info(fm_dir)}
         evaluated_before = name in previous and previous[name][0].get("table")
         if evaluated_before and not (load_points(gm_dir, "test_") or load_points(fm_dir, "test_")):
-            payload["testbeds"][name], section = carry_over(previous, name, runs)
+            steps = {m: checkpoint_step(folder) for m, folder in (("gmflow", gm_dir), ("fm", fm_dir))}
+            payload["testbeds"][name], section = carry_over(previous, name, steps)
             md.append(section)
             continue
+        runs = {"gmflow": run_info(gm_dir), "fm": run_info(fm_dir)}
         if runs["gmflow"] is None and runs["fm"] is None:
             md.append(f"## {name}\n\nNot trained yet.\n")
             continue
@@ -803,7 +804,7 @@ def previous_report(out: Path) -> dict[str, tuple[dict[str, Any], str, str]]:
     return {name: (entry, sections.get(name, ""), date) for name, entry in payload.get("testbeds", {}).items()}
 
 
-def carry_over(previous: dict, name: str, runs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def carry_over(previous: dict, name: str, steps: dict[str, int | None]) -> tuple[dict[str, Any], str]:
     """A testbed's previous entry and section, marked as carried over (once, with the original date), plus
     the iterations the runs being re-trained have reached."""
     entry, section, date = previous[name]
@@ -816,7 +817,7 @@ def carry_over(previous: dict, name: str, runs: dict[str, Any]) -> tuple[dict[st
         curves = f"; its FD-vs-precision curves are in `{CARRIED_FIGURE}`" if entry.get("table4") else ""
         section = (f"*Carried over from the report of {date}: its runs were lost with that session's machine"
                    f"{curves}.*\n\n" + section)
-    retraining = {m: r["iterations"] for m, r in runs.items() if r is not None}
+    retraining = {m: step for m, step in steps.items() if step is not None}
     entry["carried_over"]["retraining_iterations"] = retraining
     section = "\n".join(line for line in section.splitlines() if not line.startswith("*Re-training now"))
     if retraining:

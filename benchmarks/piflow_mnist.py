@@ -4,8 +4,8 @@ twin), against the teacher's best FD at 8 NFE.
     python -m benchmarks.piflow_mnist train                 # students (resumable; teachers from the claims study)
     python -m benchmarks.piflow_mnist report
 
-Teachers: ``benchmarks/runs/claims/mnist/{gmflow,fm}_s0`` (``python -m benchmarks.claims train mnist ...``). Students:
-``mnist_piflow`` (K = 8, the teacher's GM-DiT, initialised from it), NFE 1, 2, 4 of the GMFlow teacher and
+Teachers: ``benchmarks/runs/claims/mnist/{gmflow,fm}_s0`` (``python -m benchmarks.claims train mnist ...``).
+Students: ``mnist_piflow`` (K = 8, the teacher's GM-DiT, initialised from it), NFE 1, 2, 4 of the GMFlow teacher and
 NFE 4 of the FM teacher. Metrics as the claims study (1,000 class-balanced samples, test split, the small
 CNN's features, bootstrap spread); the teacher's figure is its claims-study test point at 8 NFE (the solver
 chosen on val). Writes ``piflow_mnist.{json,md}`` and grids.
