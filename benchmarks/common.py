@@ -51,6 +51,13 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", **kw
     return time_calls({"fn": fn}, device, **kwargs)["fn"]
 
 
+def stop_if_interrupted(result) -> None:
+    """End a driver that trains several runs in a row once one of them was stopped by SIGTERM (it has
+    checkpointed): without this the loop would go on to the next run. Rerunning the command resumes."""
+    if result is not None and result.stopped_early:
+        raise SystemExit("stopped by SIGTERM after a checkpoint; rerun the same command to resume")
+
+
 def write_results(name: str, payload: dict, markdown: str, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` (headed by command, machine and date) under ``out_dir``."""
     return _write_results(name, payload, markdown, out_dir)

@@ -24,7 +24,7 @@ from gmfm.experiments.likelihood import validation_nll
 from gmfm.metrics.figures import pyplot, save_figure
 
 from .claims import WORK as CLAIMS_WORK
-from .common import RESULTS_DIR, write_results
+from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
 WORK = Path("benchmarks/runs/nll")
 CACHE = CLAIMS_WORK / "mnist_latent" / "cache"
@@ -40,7 +40,7 @@ def recipe(k: int, iterations: int):
 def train(args) -> None:
     torch.set_num_threads(args.threads)
     for k in args.components:
-        train_recipe(recipe(k, args.iterations), args.work_dir / f"k{k}")
+        stop_if_interrupted(train_recipe(recipe(k, args.iterations), args.work_dir / f"k{k}"))
 
 
 def report(args) -> None:

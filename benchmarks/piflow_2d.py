@@ -26,7 +26,7 @@ from gmfm.metrics.figures import save_histogram_grid
 from gmfm.metrics.points2d import evaluate_toy2d, noise_floor
 from gmfm.solvers.flow_solvers import FLOW_SOLVERS
 
-from .common import RESULTS_DIR, write_results
+from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
 WORK = Path("benchmarks/runs/piflow_2d")
 NFES = (1, 2, 4)
@@ -45,13 +45,14 @@ def main() -> None:
     work = args.work_dir
     base = load_recipe("checkerboard_bench", train={"device": "cpu", "iterations": args.teacher_iterations})
     for kind in ("gmflow", "fm"):
-        train_recipe(base.with_overrides(kind=kind), work / f"teacher_{kind}")
+        stop_if_interrupted(train_recipe(base.with_overrides(kind=kind), work / f"teacher_{kind}"))
     students = [("gmflow", k, n) for k in (8, 32) for n in NFES] + [("fm", 8, n) for n in NFES]
     recipe = load_distill_recipe("checkerboard_piflow")
     for teacher, k, nfe in students:
-        distill(recipe.with_overrides(distill={"num_components": k, "nfe": nfe},
-                                      train={"device": "cpu", "iterations": args.student_iterations}),
-                work / f"student_{teacher}_k{k}_nfe{nfe}", work / f"teacher_{teacher}")
+        stop_if_interrupted(distill(recipe.with_overrides(distill={"num_components": k, "nfe": nfe},
+                                                          train={"device": "cpu",
+                                                                 "iterations": args.student_iterations}),
+                                    work / f"student_{teacher}_k{k}_nfe{nfe}", work / f"teacher_{teacher}"))
 
     dataset = make_toy_dataset("checkerboard")
     n = args.num_samples

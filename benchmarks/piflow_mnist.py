@@ -26,7 +26,7 @@ from gmfm.metrics.figures import save_image_grid
 
 from .claims import TEST_SEED, TESTBEDS, Measure, test_point
 from .claims import WORK as CLAIMS_WORK
-from .common import RESULTS_DIR, write_results
+from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
 WORK = Path("benchmarks/runs/piflow_mnist")
 TEACHERS = CLAIMS_WORK / "mnist"
@@ -37,8 +37,10 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     recipe = load_distill_recipe("mnist_piflow")
     for teacher, nfe in STUDENTS:
-        distill(recipe.with_overrides(distill={"nfe": nfe}, train={"device": "cpu", "iterations": args.iterations}),
-                args.work_dir / f"{teacher}_nfe{nfe}", TEACHERS / f"{teacher}_s0")
+        result = distill(recipe.with_overrides(distill={"nfe": nfe}, train={"device": "cpu",
+                                                                             "iterations": args.iterations}),
+                         args.work_dir / f"{teacher}_nfe{nfe}", TEACHERS / f"{teacher}_s0")
+        stop_if_interrupted(result)
 
 
 def report(args) -> None:
