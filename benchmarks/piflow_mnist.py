@@ -24,7 +24,7 @@ from gmfm.experiments import SamplingPlan, load_run
 from gmfm.experiments.results import write_json
 from gmfm.metrics.figures import save_image_grid
 
-from .claims import TEST_SEED, TESTBEDS, Measure, test_point
+from .claims import TEST_SEED, TESTBEDS, Measure, checkpoint_step, test_point
 from .claims import WORK as CLAIMS_WORK
 from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
@@ -50,9 +50,10 @@ def report(args) -> None:
     for teacher, nfe in STUDENTS:
         folder = args.work_dir / f"{teacher}_nfe{nfe}"
         path = folder / "test.json"
-        if not path.is_file():
-            if not (folder / "checkpoint.safetensors").exists():
-                continue
+        if not (folder / "checkpoint.safetensors").exists():
+            continue
+        # A student trained further since its last measurement is measured again.
+        if not path.is_file() or json.loads(path.read_text()).get("iterations") != checkpoint_step(folder):
             trained = load_run(folder)
             images, labels = measure.images(trained, SamplingPlan.resolve(trained), 1000, TEST_SEED)
             write_json(path, {**measure.metrics(images, labels, ("test",)), "iterations": trained.checkpoint.step})
