@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import RESULTS_DIR, write_results
+from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
 from gmfm.data.mnist import load_mnist_splits
 from gmfm.experiments import load_recipe, load_run, make_guidance, sample_trained, train_recipe
@@ -111,6 +111,7 @@ def main() -> None:
             recipe = load_recipe(config, train={"iterations": args.iterations, "device": device})
             result = train_recipe(recipe, runs[kind], progress=False)
             print(f"{kind}: trained to {result.step}", flush=True)
+            stop_if_interrupted(result)  # never evaluate a run that a signal stopped part way
         trained[kind] = load_run(runs[kind], device=device)
         train_seconds[kind] = training_time(runs[kind] / "timing.csv", trained[kind].recipe.train.iterations)
         train_seconds[kind]["batch_size"] = trained[kind].recipe.train.batch_size

@@ -71,7 +71,7 @@ from gmfm.metrics.images import (
 )
 from gmfm.training import CHECKPOINT_NAME, read_checkpoint_metadata
 
-from .common import RESULTS_DIR, mean_velocity_error, write_results
+from .common import RESULTS_DIR, mean_velocity_error, stop_if_interrupted, write_results
 
 WORK = Path("benchmarks/runs/claims")  # committed: runs span sessions (benchmarks/runs/README.md)
 NFES = (4, 6, 8, 16, 32)
@@ -382,7 +382,8 @@ def curve(args) -> None:
     step = history[-1]["iteration"] if history else 0
     while since < args.patience and step < args.max_iterations:
         step += args.every
-        train_recipe(recipe_of(testbed, args.variant, args.seed, args.work_dir, step), folder)
+        # A chunk stopped part way must not be measured and recorded as reaching ``step``.
+        stop_if_interrupted(train_recipe(recipe_of(testbed, args.variant, args.seed, args.work_dir, step), folder))
         measure = measure or Measure(testbed, args.work_dir)
         trained = load_run(folder)
         images, labels = measure.images(trained, SamplingPlan.resolve(trained, nfe=8), args.num_samples, VAL_SEED)

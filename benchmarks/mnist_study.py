@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS_DIR, write_results
+from .common import RESULTS_DIR, stop_if_interrupted, write_results
 
 from gmfm.data.mnist import load_mnist_splits
 from gmfm.experiments import load_recipe, load_run, sample_trained, train_recipe
@@ -83,6 +83,7 @@ def cmd_train(args) -> None:
         result = train_recipe(recipe_of(name, args.device, args.iterations), args.work_dir / name,
                               progress=args.progress)
         print(f"{name}: trained to {result.step} ({time.perf_counter() - tic:.0f} s in this call)", flush=True)
+        stop_if_interrupted(result)
 
 
 def evaluator(args, data) -> ClassifierEvaluator:

@@ -37,10 +37,9 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     recipe = load_distill_recipe("mnist_piflow")
     for teacher, nfe in STUDENTS:
-        result = distill(recipe.with_overrides(distill={"nfe": nfe}, train={"device": "cpu",
-                                                                             "iterations": args.iterations}),
-                         args.work_dir / f"{teacher}_nfe{nfe}", TEACHERS / f"{teacher}_s0")
-        stop_if_interrupted(result)
+        stop_if_interrupted(distill(recipe.with_overrides(distill={"nfe": nfe},
+                                                          train={"device": "cpu", "iterations": args.iterations}),
+                                    args.work_dir / f"{teacher}_nfe{nfe}", TEACHERS / f"{teacher}_s0"))
 
 
 def report(args) -> None:
@@ -50,13 +49,14 @@ def report(args) -> None:
     for teacher, nfe in STUDENTS:
         folder = args.work_dir / f"{teacher}_nfe{nfe}"
         path = folder / "test.json"
-        if not (folder / "checkpoint.safetensors").exists():
+        step = checkpoint_step(folder)
+        if step is None:
             continue
         # A student trained further since its last measurement is measured again.
-        if not path.is_file() or json.loads(path.read_text()).get("iterations") != checkpoint_step(folder):
+        if not path.is_file() or json.loads(path.read_text()).get("iterations") != step:
             trained = load_run(folder)
             images, labels = measure.images(trained, SamplingPlan.resolve(trained), 1000, TEST_SEED)
-            write_json(path, {**measure.metrics(images, labels, ("test",)), "iterations": trained.checkpoint.step})
+            write_json(path, {**measure.metrics(images, labels, ("test",)), "iterations": step})
             save_image_grid(images.reshape(10, 100, *images.shape[1:])[:, :10].reshape(-1, *images.shape[1:]),
                             args.out / f"piflow_mnist_{teacher}_nfe{nfe}.png", nrow=10,
                             title=f"pi-Flow student of the {teacher} teacher, NFE {nfe}")
