@@ -10,6 +10,7 @@ from .checkpoint import (
     read_checkpoint_metadata,
     resolve_checkpoint,
     save_checkpoint,
+    slim_checkpoint,
     weights_relative_difference,
 )
 from .config import TrainConfig
@@ -46,6 +47,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "Checkpoint",
     "save_checkpoint",
+    "slim_checkpoint",
     "load_checkpoint",
     "read_checkpoint_metadata",
     "load_optimizer_state",

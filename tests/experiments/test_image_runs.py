@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gmfm.data.mnist import load_mnist_splits
@@ -58,3 +59,27 @@ def test_a_seeded_sample_set_does_not_depend_on_the_batching(tmp_path):
         parts = torch.cat([sample_trained(trained, solver, 2, labels=labels[i:i + 2], seed=5, first_index=i,
                                           batch_size=2) for i in (0, 2, 4)])
         torch.testing.assert_close(whole, parts, atol=1e-4, rtol=0)  # float summation order only
+
+
+def test_a_slim_checkpoint_loads_as_the_full_one_and_cannot_be_mistaken_for_it(tmp_path):
+    from gmfm.training import load_checkpoint, slim_checkpoint
+
+    train_recipe(load_recipe("mnist_tiny", train={"device": "cpu", "iterations": 2, "ema": "karras"}), tmp_path / "run",
+                 progress=False)
+    full = load_run(tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").state_dict("ema")
+    labels = torch.arange(4) % 10
+    reference = sample_trained(full, "gmsde2", 2, labels=labels, seed=3)
+    same = slim_checkpoint(tmp_path / "run", tmp_path / "slim" / "checkpoint.safetensors")
+    half = slim_checkpoint(tmp_path / "run", tmp_path / "half" / "checkpoint.safetensors", dtype=torch.float16)
+    slim = load_checkpoint(same)
+    assert slim.step == full.checkpoint.step
+    assert {k.split("/")[0] for k in slim.tensors} == {"ema"}  # no raw weights, no optimizer state
+    torch.testing.assert_close(sample_trained(load_run(same), "gmsde2", 2, labels=labels, seed=3), reference,
+                               rtol=0, atol=0)  # the EMA weights, bit for bit
+    assert load_checkpoint(half).metadata["weights_dtype"] == "float16"
+    assert (tmp_path / "half" / "checkpoint.safetensors").stat().st_size < 0.6 * same.stat().st_size
+    rounded = sample_trained(load_run(half), "gmsde2", 2, labels=labels, seed=3)
+    assert rounded.dtype == torch.float32 and 0 < (rounded - reference).abs().max() < 0.05
+    with pytest.raises(ValueError, match="dtype"):
+        slim_checkpoint(tmp_path / "run", tmp_path / "bad.safetensors", dtype=torch.int8)
