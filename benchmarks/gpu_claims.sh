@@ -37,7 +37,11 @@ prepare)
   rm -rf .gpu_carry; mkdir -p .gpu_carry; : > .gpu_carry/train.txt
   for r in $ALL_RUNS; do
     IFS=: read -r tb v seed <<< "$r"
-    if [ -f $W/$tb/${v}_s$seed/checkpoint.safetensors ]; then  # trained here: the device evaluates it
+    # Trained here to its planned iterations: the device evaluates it. A run stopped part way is trained again
+    # there from the start (minutes on a GPU), which the unpacked result then replaces.
+    if [ -f $W/$tb/${v}_s$seed/checkpoint.safetensors ] && $py -c "import sys; from gmfm.training import \
+read_checkpoint_metadata as r; m = r(sys.argv[1]); sys.exit(m['step'] < m['train_config']['iterations'])" \
+      $W/$tb/${v}_s$seed/checkpoint.safetensors; then
       $py -c "import sys, torch; from gmfm.training import slim_checkpoint as s; s(sys.argv[1], sys.argv[2], torch.float16)" \
         $W/$tb/${v}_s$seed .gpu_carry/${tb}__${v}_s$seed.safetensors || exit 1
     else
