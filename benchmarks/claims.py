@@ -662,6 +662,18 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path) -> tuple[dict, dict, dic
     return rows, targets, table4
 
 
+def pair_tables_md(rows: dict, table4: dict, suffix: str) -> str:
+    """The test-split table and the Table-4 table of one seed's pair (empty ones left out)."""
+    md = ""
+    if rows:
+        md += "\n" + markdown_table(rows, list(rows), ["solver", "FD", "FD sd", "precision", "recall", "accuracy"],
+                                    "test split" + suffix) + "\n"
+    if table4:
+        md += markdown_table(table4, list(table4), sorted({k for e in table4.values() for k in e}),
+                             "Table 4" + suffix) + "\n"
+    return md
+
+
 def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Targets of the pair over its training seeds: value and bound are the means over the seeds that measured
     them, the spread combines the bootstrap spreads with the seed-to-seed scatter of the difference, and each
@@ -744,12 +756,10 @@ def report(args) -> None:
         curves = {run: json.loads((run_dir(args.work_dir, testbed, run) / "curve.json").read_text())
                   for run in ("gmflow_s0", "fm_s0", "gmflow_s1", "fm_s1")
                   if (run_dir(args.work_dir, testbed, run) / "curve.json").is_file()}
-        seeds = {}
-        for m in ("gmflow", "fm"):
-            p = test_point(run_dir(args.work_dir, testbed, f"{m}_s1"), 8)
-            if p:
-                seeds[m] = {"seed1_fd_nfe8": p["test"]["fd"], "seed1_fd_sd": p["test"]["fd_sd"], "solver": p["solver"],
-                            "seed0_fd_nfe8": rows.get(f"{m} NFE 8", {}).get("FD")}
+        rows1 = per_seed[1][0] if 1 in per_seed else {}
+        seeds = {m: {"seed1_fd_nfe8": r["FD"], "seed1_fd_sd": r["FD sd"], "solver": r["solver"],
+                     "seed0_fd_nfe8": rows.get(f"{m} NFE 8", {}).get("FD")}
+                 for m in ("gmflow", "fm") if (r := rows1.get(f"{m} NFE 8"))}
         as_run = protocol_as_run(gm_dir, fm_dir)
         grid = comparison_grid(name, gm_dir, fm_dir, out)
         velocity_file = args.work_dir / name / "velocity_error.json"
@@ -770,21 +780,10 @@ def report(args) -> None:
                              f"{r['seconds_per_iteration_threads']} threads)" if "seconds_per_iteration" in r else "")
                           + "\n")
         md.append("- protocol as run: " + "; ".join(f"{k} {v}" for k, v in as_run.items()) + "\n")
-        if rows:
-            md.append("\n" + markdown_table(rows, list(rows), ["solver", "FD", "FD sd", "precision", "recall",
-                                                              "accuracy"], "test split") + "\n")
-        if table4:
-            cols = sorted({k for e in table4.values() for k in e})
-            md.append(markdown_table(table4, list(table4), cols, "Table 4") + "\n")
+        md.append(pair_tables_md(rows, table4, ""))
         if 1 in per_seed:
-            rows1, _, table4_1 = per_seed[1]
-            md.append("\nSeed 1 (same recipes and budget, another training seed):\n\n")
-            if rows1:
-                md.append(markdown_table(rows1, list(rows1), ["solver", "FD", "FD sd", "precision", "recall",
-                                                              "accuracy"], "test split, seed 1") + "\n")
-            if table4_1:
-                cols = sorted({k for e in table4_1.values() for k in e})
-                md.append(markdown_table(table4_1, list(table4_1), cols, "Table 4, seed 1") + "\n")
+            md.append("\nSeed 1 (same recipes and budget, another training seed):\n\n"
+                      + pair_tables_md(per_seed[1][0], per_seed[1][2], ", seed 1"))
         if not rows:
             md.append("\nNot evaluated yet: every target below is not measured.\n")
         md.append(f"\nTargets over the seeds evaluated ({', '.join(str(s) for s in per_seed)}): mean value and bound, "

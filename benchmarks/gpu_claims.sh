@@ -28,22 +28,26 @@ here=$(pwd)
 W=${WORK_DIR:-benchmarks/runs/claims}
 ALL_RUNS="colored_mnist:gmflow:0 colored_mnist:fm:0 colored_mnist:gmflow:1 colored_mnist:fm:1 mnist:gmflow:1 mnist:fm:1
 mnist_latent:gmflow:0 mnist_latent:fm:0 mnist_latent:gmflow:1 mnist_latent:fm:1 mnist:gmflow:0 mnist:fm:0"
+# Python: the project's venv here (prepare), the machine's python3 there.
+[ "${1:-run}" = prepare ] && PY=${PYTHON:-.venv/bin/python} || PY=${PYTHON:-python3}
+slim16() {  # slim16 RUN_OR_FILE OUT: its float16 EMA weights (gmfm.training.slim_checkpoint)
+  $PY -c "import sys, torch; from gmfm.training import slim_checkpoint as s; s(sys.argv[1], sys.argv[2], torch.float16)" \
+    "$1" "$2"
+}
 case ${1:-run} in
 prepare)
-  py=${PYTHON:-.venv/bin/python}
   grep -qx '/.gpu_stash/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.gpu_carry/\n/.gpu_stash/\n' >> .git/info/exclude
-  [ -d .whl ] || $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  [ -d .whl ] || $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 mlxtend==0.25.0 importlib_metadata==10.2.0 || exit 1
   rm -rf .gpu_carry; mkdir -p .gpu_carry; : > .gpu_carry/train.txt
   for r in $ALL_RUNS; do
     IFS=: read -r tb v seed <<< "$r"
     # Trained here to its planned iterations: the device evaluates it. A run stopped part way is trained again
     # there from the start (minutes on a GPU), which the unpacked result then replaces.
-    if [ -f $W/$tb/${v}_s$seed/checkpoint.safetensors ] && $py -c "import sys; from gmfm.training import \
+    if [ -f $W/$tb/${v}_s$seed/checkpoint.safetensors ] && $PY -c "import sys; from gmfm.training import \
 read_checkpoint_metadata as r; m = r(sys.argv[1]); sys.exit(m['step'] < m['train_config']['iterations'])" \
       $W/$tb/${v}_s$seed/checkpoint.safetensors; then
-      $py -c "import sys, torch; from gmfm.training import slim_checkpoint as s; s(sys.argv[1], sys.argv[2], torch.float16)" \
-        $W/$tb/${v}_s$seed .gpu_carry/${tb}__${v}_s$seed.safetensors || exit 1
+      slim16 $W/$tb/${v}_s$seed .gpu_carry/${tb}__${v}_s$seed.safetensors || exit 1
     else
       echo "$tb $v $seed" >> .gpu_carry/train.txt
     fi
@@ -97,11 +101,6 @@ if [ "$DEV" = cuda ]; then
 fi
 python3 -c "import torch, gmfm; print('torch', torch.__version__, torch.cuda.is_available())" || exit 1
 
-slim() {  # a finished run -> its float16 EMA weights, in place
-  python3 -c "import sys, torch; from gmfm.training import slim_checkpoint as s; s(sys.argv[1], sys.argv[1], torch.float16)" \
-    "$1/checkpoint.safetensors"
-}
-
 job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   local tb=$1 v=$2 seed=$3 name=${2}_s$3 rc
   local log=$L/${1}_${2}_s$3
@@ -114,7 +113,7 @@ job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   fi
   rc=$?
   if [ $rc != 0 ]; then echo "$tb $name: training stopped after $(now) s (exit $rc)"; return; fi
-  slim $W/$tb/$name || { echo "$tb $name: slim failed"; return; }
+  slim16 $W/$tb/$name/checkpoint.safetensors $W/$tb/$name/checkpoint.safetensors || { echo "$tb $name: slim failed"; return; }
   echo "$tb $name: trained after $(now) s"
   timeout $(left $BUDGET) $CLAIMS evaluate $tb $name \
     --stages solvers test guidance --guidance-nfes 6 8 32 ${EVAL_ARGS:-} > $log.eval 2>&1
