@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The claims study's missing runs on one lent GPU, in one call of under 10 minutes (benchmarks/claims.py):
+# The claims study's missing runs (benchmarks/claims.py) and the U-Net pair of the Table-5 study
+# (benchmarks/unet_study.py) on one lent GPU, in one call of under 10 minutes:
 # every run trains in its own process, all at once (batch 64 leaves the GPU mostly idle; CUDA MPS, where the
 # driver has it, lets their small kernels overlap), and each run is evaluated (solver sweep, test points,
-# guidance sweeps at NFE 6, 8 and 32) as soon as its training ends, until the time budget is spent. What was
+# guidance sweeps at NFE 6, 8 and 32; U-Net: GM-SDE 2 and the FM baselines at NFE 10-100) as soon as its
+# training ends, until the time budget is spent. What was
 # measured comes back; what was not is finished later with the same commands, which skip every point
 # already measured.
 #
@@ -15,8 +17,8 @@
 #
 #   DEVICE=cpu WORK_DIR=/tmp/w ITERATIONS=4 LATENT_ITERATIONS=4 LATENT_EVERY=2 BUDGET=300 \
 #     EVAL_ARGS="--nfes 4 --num-samples 20 --solver-samples 20 --pg-scales 0 0.1 --cfg-scales 1 2" \
-#     PREPARE_ARGS="--vae-iterations 5" bash benchmarks/gpu_claims.sh   # a dry run on a CPU (WORK_DIR holds
-#                                                                       # copies of the classifiers and the VAE)
+#     PREPARE_ARGS="--vae-iterations 5" UNET_WORK_DIR=/tmp/u UNET_EVAL_ARGS="--nfes 10 --num-samples 20" \
+#     bash benchmarks/gpu_claims.sh   # a dry run on a CPU (WORK_DIR holds copies of the classifiers and the VAE)
 #
 # A call's working tree may hold at most 64 MiB and at most 64 MiB come back (8 files of 16 MiB), so the
 # committed full checkpoints (about 30 MB each) stay behind: `prepare` moves them to .gpu_stash/ (ignored)
@@ -26,6 +28,8 @@
 set -u
 here=$(pwd)
 W=${WORK_DIR:-benchmarks/runs/claims}
+UW=${UNET_WORK_DIR:-benchmarks/runs/unet}
+UNET_RUNS=${UNET_RUNS-gmflow fm}  # the U-Net pair (unconditional, colour testbed); UNET_RUNS= leaves it out
 ALL_RUNS="colored_mnist:gmflow:0 colored_mnist:fm:0 colored_mnist:gmflow:1 colored_mnist:fm:1 mnist:gmflow:1 mnist:fm:1
 mnist_latent:gmflow:0 mnist_latent:fm:0 mnist_latent:gmflow:1 mnist_latent:fm:1 mnist:gmflow:0 mnist:fm:0"
 # Python: the project's venv here (prepare), the machine's python3 there.
@@ -33,6 +37,10 @@ mnist_latent:gmflow:0 mnist_latent:fm:0 mnist_latent:gmflow:1 mnist_latent:fm:1 
 slim16() {  # slim16 RUN_OR_FILE OUT: its float16 EMA weights (gmfm.training.slim_checkpoint)
   $PY -c "import sys, torch; from gmfm.training import slim_checkpoint as s; s(sys.argv[1], sys.argv[2], torch.float16)" \
     "$1" "$2"
+}
+finished() {  # finished CHECKPOINT: trained to its recipe's iterations
+  [ -f "$1" ] && $PY -c "import sys; from gmfm.training import read_checkpoint_metadata as r; m = r(sys.argv[1]); \
+sys.exit(m['step'] < m['train_config']['iterations'])" "$1"
 }
 case ${1:-run} in
 prepare)
@@ -44,13 +52,15 @@ prepare)
     IFS=: read -r tb v seed <<< "$r"
     # Trained here to its planned iterations: the device evaluates it. A run stopped part way is trained again
     # there from the start (minutes on a GPU), which the unpacked result then replaces.
-    if [ -f $W/$tb/${v}_s$seed/checkpoint.safetensors ] && $PY -c "import sys; from gmfm.training import \
-read_checkpoint_metadata as r; m = r(sys.argv[1]); sys.exit(m['step'] < m['train_config']['iterations'])" \
-      $W/$tb/${v}_s$seed/checkpoint.safetensors; then
+    if finished $W/$tb/${v}_s$seed/checkpoint.safetensors; then
       slim16 $W/$tb/${v}_s$seed .gpu_carry/${tb}__${v}_s$seed.safetensors || exit 1
     else
       echo "$tb $v $seed" >> .gpu_carry/train.txt
     fi
+  done
+  for v in $UNET_RUNS; do  # the U-Net study's runs: the same, under the testbed name "unet"
+    if finished $UW/$v/checkpoint.safetensors; then slim16 $UW/$v .gpu_carry/unet__$v.safetensors || exit 1
+    else echo "unet $v 0" >> .gpu_carry/train.txt; fi
   done
   git ls-files -z | xargs -0 -I{} find {} -size +5M | while read -r f; do
     mkdir -p .gpu_stash/$(dirname "$f") && mv "$f" .gpu_stash/"$f"
@@ -83,6 +93,13 @@ start=$(date +%s)
 now() { echo $(( $(date +%s) - start )); }
 left() { local s=$(( $1 - $(now) )); [ $s -gt 1 ] && echo $s || echo 1; }
 CLAIMS="python3 -m benchmarks.claims --device $DEV --work-dir $W"
+UNET="python3 -m benchmarks.unet_study --device $DEV --work-dir $UW --claims-work-dir $W"
+folder() { [ $1 = unet ] && echo $UW/$2 || echo $W/$1/$2; }  # folder TESTBED RUN
+evaluate() {  # evaluate TESTBED RUN LOG: every stage not yet measured, until the budget is spent
+  if [ $1 = unet ]; then timeout $(left $BUDGET) $UNET evaluate $2 ${UNET_EVAL_ARGS:-} > $3 2>&1
+  else timeout $(left $BUDGET) $CLAIMS evaluate $1 $2 --stages solvers test guidance --guidance-nfes 6 8 32 \
+    ${EVAL_ARGS:-} > $3 2>&1; fi
+}
 
 if [ "$DEV" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -104,7 +121,10 @@ python3 -c "import torch, gmfm; print('torch', torch.__version__, torch.cuda.is_
 job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   local tb=$1 v=$2 seed=$3 name=${2}_s$3 rc
   local log=$L/${1}_${2}_s$3
-  if [ $tb = mnist_latent ]; then
+  if [ $tb = unet ]; then  # one seed (the recipe's), named without it
+    name=$v
+    timeout $(left $TRAIN_BUDGET) $UNET train $v ${ITERATIONS:+--iterations $ITERATIONS} > $log.train 2>&1
+  elif [ $tb = mnist_latent ]; then
     timeout $(left $TRAIN_BUDGET) $CLAIMS curve $tb $v --seed $seed \
       --every $LATENT_EVERY --patience 1000 --max-iterations $LATENT_ITERATIONS --num-samples 500 > $log.train 2>&1
   else
@@ -113,24 +133,31 @@ job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   fi
   rc=$?
   if [ $rc != 0 ]; then echo "$tb $name: training stopped after $(now) s (exit $rc)"; return; fi
-  slim16 $W/$tb/$name/checkpoint.safetensors $W/$tb/$name/checkpoint.safetensors || { echo "$tb $name: slim failed"; return; }
+  local dir=$(folder $tb $name)
+  slim16 $dir/checkpoint.safetensors $dir/checkpoint.safetensors || { echo "$tb $name: slim failed"; return; }
   echo "$tb $name: trained after $(now) s"
-  timeout $(left $BUDGET) $CLAIMS evaluate $tb $name \
-    --stages solvers test guidance --guidance-nfes 6 8 32 ${EVAL_ARGS:-} > $log.eval 2>&1
-  echo "$tb $name: evaluation exit $? after $(now) s ($(ls $W/$tb/$name/points/*.json 2>/dev/null | wc -l) points)"
+  evaluate $tb $name $log.eval
+  echo "$tb $name: evaluation exit $? after $(now) s ($(ls $dir/points/*.json 2>/dev/null | wc -l) points)"
 }
 
 # Runs to train (.gpu_carry/train.txt, written by `prepare`; without it, every run of the study).
 if [ -f .gpu_carry/train.txt ]; then TRAIN=$(cat .gpu_carry/train.txt)
-else TRAIN=$(echo $ALL_RUNS | tr ' :' '\n ' | grep -v '^mnist [a-z]* 0$'); fi
-echo "$TRAIN" | grep -v '^mnist_latent ' | while read -r tb v seed; do
+else
+  TRAIN=$(echo $ALL_RUNS | tr ' :' '\n ' | grep -v '^mnist [a-z]* 0$'; for v in $UNET_RUNS; do echo "unet $v 0"; done)
+fi
+# (Loops read here-strings, not pipes: a piped loop runs in a subshell, whose jobs `wait` does not see.)
+while read -r tb v seed; do
   [ -n "$tb" ] || continue
-  rm -rf $W/$tb/${v}_s$seed; job $tb $v $seed &  # a stale folder (points, curve) of a run without a checkpoint
-done
+  # a stale folder (points, curve) of a run without a checkpoint goes
+  if [ $tb = unet ]; then rm -rf $UW/$v; else rm -rf $W/$tb/${v}_s$seed; fi
+  job $tb $v $seed &
+done <<< "$(echo "$TRAIN" | grep -v '^mnist_latent ')"
 (  # the latent testbed's cache from the committed VAE (the VAE itself is trained once and committed), then its runs
   timeout $(left 150) $CLAIMS prepare-latents ${PREPARE_ARGS:-} > $L/prepare_latents.log 2>&1
   echo "latent cache: exit $? after $(now) s"
-  echo "$TRAIN" | grep '^mnist_latent ' | while read -r tb v seed; do rm -rf $W/$tb/${v}_s$seed; job $tb $v $seed & done
+  while read -r tb v seed; do
+    [ -n "$tb" ] && { rm -rf $W/$tb/${v}_s$seed; job $tb $v $seed & }
+  done <<< "$(echo "$TRAIN" | grep '^mnist_latent ')"
   wait
 ) &
 # The runs trained elsewhere (float16 copies in .gpu_carry/<testbed>__<run>.safetensors): every stage not yet
@@ -139,13 +166,13 @@ for f in .gpu_carry/*__*.safetensors; do
   [ -f "$f" ] || continue
   base=${f##*/}; base=${base%.safetensors}; tb=${base%%__*}; run=${base#*__}
   (
-    mkdir -p $W/$tb/$run && cp "$f" $W/$tb/$run/checkpoint.safetensors
+    dir=$(folder $tb $run); mkdir -p $dir && cp "$f" $dir/checkpoint.safetensors
     sleep 30  # the trainings have started
-    while pgrep -f "[b]enchmarks.claims --device $DEV --work-dir $W (train|curve)" >/dev/null && [ $(now) -lt $TRAIN_BUDGET ]; do
+    training="[b]enchmarks\.(claims|unet_study) --device $DEV --work-dir [^ ]+ (--claims-work-dir [^ ]+ )?(train|curve)"
+    while pgrep -f "$training" >/dev/null && [ $(now) -lt $TRAIN_BUDGET ]; do
       sleep 5
     done
-    timeout $(left $BUDGET) $CLAIMS evaluate $tb $run --stages solvers test guidance --guidance-nfes 6 8 32 \
-      ${EVAL_ARGS:-} > $L/${tb}_$run.eval 2>&1
+    evaluate $tb $run $L/${tb}_$run.eval
     echo "$tb $run: evaluation exit $? after $(now) s"
   ) &
 done
@@ -156,7 +183,7 @@ echo "all done after $(now) s"
 # Pack: every run folder without the full checkpoints of unfinished runs (too large to come back).
 if [ -n "${OUT:-}" ]; then
   list=$(mktemp)
-  find $W -type f ! -name '*.lock' ! -path '*/cache/*' -newer $marker |
+  find $W $UW -type f ! -name '*.lock' ! -path '*/cache/*' -newer $marker 2>/dev/null |
   while read -r f; do
     if [ "${f##*/}" = checkpoint.safetensors ] && cmp -s "$f" .gpu_carry/"$(basename $(dirname $(dirname "$f")))__$(basename $(dirname "$f"))".safetensors; then continue; fi
     if [ "${f##*/}" = checkpoint.safetensors ] &&

@@ -56,19 +56,28 @@ def recipe(method: str):
     return recipe_from_dict(raw, base.source).with_overrides(**overrides)
 
 
+def _device(args) -> str:
+    if args.device != "cpu":
+        torch.device(args.device)  # a malformed name fails here, in one line
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as GPU users run it
+    return args.device
+
+
 def train(args) -> None:
     torch.set_num_threads(args.threads)
     chosen = recipe(args.method)
     if args.iterations is not None:  # a shorter run of the same recipe (the schedule is constant after warm-up)
         chosen = chosen.with_overrides(train={"iterations": args.iterations})
+    chosen = chosen.with_overrides(train={"device": _device(args)})
     train_recipe(chosen, args.work_dir / args.method)
 
 
 def evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     folder = args.work_dir / args.method
-    trained = load_run(folder)
-    measure = Measure(TESTBEDS["colored_mnist"], CLAIMS_WORK)
+    device = _device(args)
+    trained = load_run(folder, device=device)
+    measure = Measure(TESTBEDS["colored_mnist"], args.claims_work_dir, device=device)
     for solver in SOLVERS[args.method]:
         for nfe in args.nfes:
             path = folder / "points" / f"{solver}_{nfe}.json"
@@ -76,7 +85,8 @@ def evaluate(args) -> None:
                 continue
             plan = SamplingPlan.resolve(trained, solver, nfe)
             x = sample_trained(trained, plan=plan, num_samples=args.num_samples, seed=2, per_sample_seeds=True,
-                               batch_size=250, progress=True).clamp(-1, 1)
+                               batch_size=250 if device == "cpu" else 1000, device=device,
+                               progress=True).clamp(-1, 1)
             result = {"solver": solver, "nfe": nfe, "num_samples": args.num_samples,
                       **measure.metrics(x, None, ("test",))}  # unconditional: no class accuracy
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=WORK)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the runs train and sample (the "
+                        "feature classifier and the metrics stay on the CPU)")
+    parser.add_argument("--claims-work-dir", type=Path, default=CLAIMS_WORK,
+                        help="the claims study's work dir, which holds the colour testbed's feature classifier")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("train", "evaluate"):
         p = sub.add_parser(name)
