@@ -444,15 +444,19 @@ DIAGNOSE_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
 
 @torch.no_grad()
 def diagnose(args) -> None:
-    """Mean-velocity error of the pair on val images per noise level (pixel testbeds): whether a gap between
-    GMFlow and FM lies in the network (its mean velocity) or in the sampler. Writes velocity_error.json."""
+    """Mean-velocity error of the pair on val images per noise level: whether a gap between GMFlow and FM lies
+    in the network (its mean velocity) or in the sampler. Latent testbed: the val digits encoded by its VAE (a
+    posterior draw, scaled, as the training cache holds them). Writes velocity_error.json."""
     testbed = TESTBEDS[args.testbed]
-    if testbed.latent:
-        raise SystemExit("diagnose: pixel testbeds only")
     torch.set_num_threads(args.threads)
     name, options = testbed.data
     val = make_dataset(name, **options).split("val")
     x0, labels = val.images.float()[: args.num], val.labels[: args.num]
+    if testbed.latent:
+        vae = load_vae(args.work_dir / testbed.name / "vae" / "vae")
+        posterior = vae.encode(x0).latent_dist
+        draw = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(1))
+        x0 = (posterior.mean + posterior.std * draw) * float(vae.config.scaling_factor)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     runs = {m: load_run(run_dir(args.work_dir, testbed, f"{m}_s0")) for m in ("gmflow", "fm")}
     models = {m: run.model.eval() for m, run in runs.items()}
