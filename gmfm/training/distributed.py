@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -92,5 +93,15 @@ def setup_distributed(device: str, timeout_minutes: float = 30.0) -> Distributed
 
 
 def teardown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group (call it in a ``finally``).
+
+    On the way out of a run that went well, the processes first wait for each other: gloo aborts a process
+    ("terminate called without an active exception", exit -6) whose peer destroys its group while their
+    connection is still being closed, which a loaded machine made happen in about one run in three. While an
+    exception propagates there is no wait (the other processes may never arrive; torchrun stops them).
+    """
+    if not dist.is_initialized():
+        return
+    if sys.exc_info()[0] is None:
+        dist.barrier()
+    dist.destroy_process_group()
