@@ -152,6 +152,7 @@ class Measure:
 
     def __init__(self, testbed: Testbed, work: Path, bootstrap: int = 50, device: str = "cpu") -> None:
         self.testbed, self.bootstrap, self.device = testbed, bootstrap, device
+        self.batch_size = 250 if device == "cpu" else 1000  # samples per batch: larger on a GPU, where it is cheap
         name, options = testbed.data
         data = make_dataset(name, **options)
         train_set = data.split("train")
@@ -181,9 +182,9 @@ class Measure:
 
     def images(self, trained, plan: SamplingPlan, num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(num) % 10
-        # Per-sample seeds: the set does not depend on the batch size (larger on a GPU, where it is cheap).
+        # Per-sample seeds: the set does not depend on the batch size.
         x = sample_trained(trained, plan=plan, labels=labels, seed=seed, per_sample_seeds=True,
-                           batch_size=250 if self.device == "cpu" else 1000, device=self.device, progress=True)
+                           batch_size=self.batch_size, device=self.device, progress=True)
         if self.vae is not None:
             x = decode_latents(x, self.vae[0], self.vae[1])
         return x.clamp(-1, 1), labels
@@ -1010,6 +1011,14 @@ def plot(rows, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def use_device(device: str) -> str:
+    """``device`` checked (a malformed name fails here, in one line), with TF32 on CUDA as GPU users run it."""
+    if device != "cpu":
+        torch.device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=WORK)
@@ -1065,9 +1074,7 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
-    if args.device != "cpu":
-        torch.device(args.device)  # a malformed name fails here, in one line
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as GPU users run it
+    use_device(args.device)
     {"train": train, "prepare-latents": prepare_latents, "curve": curve, "evaluate": evaluate, "time": time_pair,
      "diagnose": diagnose, "probe-reweighting": probe_reweighting, "report": report}[args.command](args)
 

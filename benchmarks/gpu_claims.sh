@@ -121,8 +121,10 @@ python3 -c "import torch, gmfm; print('torch', torch.__version__, torch.cuda.is_
 job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   local tb=$1 v=$2 seed=$3 name=${2}_s$3 rc
   local log=$L/${1}_${2}_s$3
-  if [ $tb = unet ]; then  # one seed (the recipe's), named without it
-    name=$v
+  [ $tb = unet ] && name=$v  # one seed (the recipe's), named without it
+  local dir=$(folder $tb $name)
+  rm -rf $dir  # a stale folder (points, curve) of a run without a finished checkpoint
+  if [ $tb = unet ]; then
     timeout $(left $TRAIN_BUDGET) $UNET train $v ${ITERATIONS:+--iterations $ITERATIONS} > $log.train 2>&1
   elif [ $tb = mnist_latent ]; then
     timeout $(left $TRAIN_BUDGET) $CLAIMS curve $tb $v --seed $seed \
@@ -133,7 +135,6 @@ job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   fi
   rc=$?
   if [ $rc != 0 ]; then echo "$tb $name: training stopped after $(now) s (exit $rc)"; return; fi
-  local dir=$(folder $tb $name)
   slim16 $dir/checkpoint.safetensors $dir/checkpoint.safetensors || { echo "$tb $name: slim failed"; return; }
   echo "$tb $name: trained after $(now) s"
   evaluate $tb $name $log.eval
@@ -147,16 +148,13 @@ else
 fi
 # (Loops read here-strings, not pipes: a piped loop runs in a subshell, whose jobs `wait` does not see.)
 while read -r tb v seed; do
-  [ -n "$tb" ] || continue
-  # a stale folder (points, curve) of a run without a checkpoint goes
-  if [ $tb = unet ]; then rm -rf $UW/$v; else rm -rf $W/$tb/${v}_s$seed; fi
-  job $tb $v $seed &
+  [ -n "$tb" ] && job $tb $v $seed &
 done <<< "$(echo "$TRAIN" | grep -v '^mnist_latent ')"
 (  # the latent testbed's cache from the committed VAE (the VAE itself is trained once and committed), then its runs
   timeout $(left 150) $CLAIMS prepare-latents ${PREPARE_ARGS:-} > $L/prepare_latents.log 2>&1
   echo "latent cache: exit $? after $(now) s"
   while read -r tb v seed; do
-    [ -n "$tb" ] && { rm -rf $W/$tb/${v}_s$seed; job $tb $v $seed & }
+    [ -n "$tb" ] && job $tb $v $seed &
   done <<< "$(echo "$TRAIN" | grep '^mnist_latent ')"
   wait
 ) &

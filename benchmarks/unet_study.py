@@ -30,7 +30,7 @@ from gmfm.experiments import SamplingPlan, load_recipe, load_run, sample_trained
 from gmfm.experiments.results import markdown_table, write_json
 from gmfm.metrics.figures import save_image_grid
 
-from .claims import TESTBEDS, Measure
+from .claims import TESTBEDS, Measure, use_device
 from .claims import WORK as CLAIMS_WORK
 from .common import RESULTS_DIR, write_results
 
@@ -56,26 +56,19 @@ def recipe(method: str):
     return recipe_from_dict(raw, base.source).with_overrides(**overrides)
 
 
-def _device(args) -> str:
-    if args.device != "cpu":
-        torch.device(args.device)  # a malformed name fails here, in one line
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as GPU users run it
-    return args.device
-
-
 def train(args) -> None:
     torch.set_num_threads(args.threads)
     chosen = recipe(args.method)
     if args.iterations is not None:  # a shorter run of the same recipe (the schedule is constant after warm-up)
         chosen = chosen.with_overrides(train={"iterations": args.iterations})
-    chosen = chosen.with_overrides(train={"device": _device(args)})
+    chosen = chosen.with_overrides(train={"device": use_device(args.device)})
     train_recipe(chosen, args.work_dir / args.method)
 
 
 def evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     folder = args.work_dir / args.method
-    device = _device(args)
+    device = use_device(args.device)
     trained = load_run(folder, device=device)
     measure = Measure(TESTBEDS["colored_mnist"], args.claims_work_dir, device=device)
     for solver in SOLVERS[args.method]:
@@ -85,8 +78,7 @@ def evaluate(args) -> None:
                 continue
             plan = SamplingPlan.resolve(trained, solver, nfe)
             x = sample_trained(trained, plan=plan, num_samples=args.num_samples, seed=2, per_sample_seeds=True,
-                               batch_size=250 if device == "cpu" else 1000, device=device,
-                               progress=True).clamp(-1, 1)
+                               batch_size=measure.batch_size, device=device, progress=True).clamp(-1, 1)
             result = {"solver": solver, "nfe": nfe, "num_samples": args.num_samples,
                       **measure.metrics(x, None, ("test",))}  # unconditional: no class accuracy
             path.parent.mkdir(parents=True, exist_ok=True)
