@@ -1,6 +1,7 @@
 """Does GMFlow beat flow matching? The paper's two claims at equal cost, by its own protocol, on three testbeds.
 
     python -m benchmarks.claims train mnist gmflow --seed 0          # one run (resumable)
+    python -m benchmarks.claims train mnist_latent gmflow_draws8     # a lever at equal cost (VARIANTS)
     python -m benchmarks.claims prepare-latents                      # the latent testbed's VAE and cache
     python -m benchmarks.claims curve mnist_latent gmflow --seed 0   # train in chunks, FD on val after each
     python -m benchmarks.claims evaluate mnist gmflow_s0             # solver sweep, guidance sweeps, test points
@@ -42,12 +43,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
 import shutil
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -99,9 +102,15 @@ TESTBEDS = {
     "mnist_latent": Testbed("mnist_latent", "mnist_latent_gmflow", "mnist_latent_fm",
                             ("mnist", {"val_per_class": 50}), latent=True),
 }
-#: Equal-cost variants: recipe overrides of a method (the network is never changed).
+#: Equal-cost variants: recipe overrides of a method (the trunk is never changed; K only sizes the output head).
+#: The ones beyond ``gmflow`` and ``fm`` are the levers of a missed target: ``report`` sets each against FM.
 VARIANTS = {"gmflow": ("gmflow", {}), "fm": ("fm", {}),
-            "gmflow_draws8": ("gmflow", {"loss": {"transition_draws": 8}})}
+            "gmflow_draws8": ("gmflow", {"loss": {"transition_draws": 8}}),
+            "gmflow_k16": ("gmflow", {"model": {"num_components": 16}}),
+            "gmflow_k2": ("gmflow", {"model": {"num_components": 2}}),
+            "gmflow_ratio0": ("gmflow", {"loss": {"transition_ratio": 0.0}}),
+            "gmflow_nospectral": ("gmflow", {"loss": {"spectral_weight": 0.0}}),
+            "gmflow_uniform_t": ("gmflow", {"loss": {"time_sampler": "uniform"}})}
 
 
 # ----- runs --------------------------------------------------------------------------------------------------
@@ -345,6 +354,33 @@ def evaluate(args) -> None:
             for other in args.diag_solvers:
                 point(measure, trained, folder, f"diag_{other}_{nfe}", other, nfe, None, args.solver_samples,
                       VAL_SEED)
+            # PG on the first calls only (``probe-reweighting`` shows its push growing as sigma falls): as many
+            # samples as a sweep point, so the two compare.
+            for spec in args.diag_pg_first if solver else ():
+                w, first = float(spec.split(":")[0]), int(spec.split(":")[1])
+                with pg_on_first_calls(first, nfe):
+                    point(measure, trained, folder, f"diag_{solver}_{nfe}_pg{w:g}_first{first}", solver, nfe,
+                          ProbabilisticGuidance(w, 1.0), args.num_samples, VAL_SEED)
+
+
+@contextmanager
+def pg_on_first_calls(first: int, nfe: int):
+    """Probabilistic guidance applied at the first ``first`` of each ``nfe`` network calls only (a diagnostic:
+    the later calls keep the conditional GM; the cost is unchanged). Relies on a solver making exactly
+    ``nfe`` guided calls per batch, as the first-order and GM-SDE solvers do."""
+    from gmfm.guidance import GuidedGM
+
+    original = ProbabilisticGuidance.guide_gm
+    calls = itertools.count()
+
+    def guide_gm(self, cond, uncond):
+        return original(self, cond, uncond) if next(calls) % nfe < first else GuidedGM.unguided(cond)
+
+    ProbabilisticGuidance.guide_gm = guide_gm
+    try:
+        yield
+    finally:
+        ProbabilisticGuidance.guide_gm = original
 
 
 def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
@@ -483,6 +519,9 @@ def probe_reweighting(args) -> None:
     per call the probe records the share of the GM's variance the shift takes (1 - target variance / surrogate
     variance) and the mean per-pixel entropy of the component weights before and after. A GM whose components
     are narrow and far apart can only move its mean by moving weight between modes, pixel by pixel.
+    For PG it also records how hard it pushes compared with CFG: the RMS of the guided mean's shift over the
+    RMS of the conditional - unconditional mean difference (CFG at scale s shifts by s - 1 times that
+    difference at every call; PG's factor is set per call by its normalisation to the GM's spread).
     Writes reweighting.json."""
     from gmfm.guidance import probabilistic
     from gmfm.solvers import second_order
@@ -506,19 +545,37 @@ def probe_reweighting(args) -> None:
     cases = [("gmode2", nfe, None) for nfe in args.nfes]
     cases += [("gmode", nfe, ProbabilisticGuidance(w, 1.0)) for nfe in args.nfes for w in args.pg_scales]
     rows = {}
+    pushes: list[dict[str, float]] = []
+    original_guide = ProbabilisticGuidance.guide_gm
+
+    def rms(t: torch.Tensor) -> torch.Tensor:  # per sample, over C, H, W
+        return t.square().mean(dim=(-3, -2, -1)).sqrt()
+
+    def probed_guide(self, cond, uncond):
+        guided = original_guide(self, cond, uncond)
+        difference = rms(gm_mean(cond) - gm_mean(uncond))
+        shift = rms(gm_mean(guided.gm) - gm_mean(cond))
+        pushes.append({"cfg_equivalent": float((shift / difference.clamp(min=1e-12)).mean()),
+                       "difference_over_std": float((difference / guided.avg_var.flatten().sqrt()).mean())})
+        return guided
+
     second_order.reweight_towards = probabilistic.reweight_towards = probed  # read-only probes, restored below
+    ProbabilisticGuidance.guide_gm = probed_guide
     try:
         for solver, nfe, guidance in cases:
             calls.clear()
+            pushes.clear()
             sample_trained(trained, plan=plan_for(trained, solver, nfe, guidance),
                            labels=torch.arange(args.num) % 10, seed=VAL_SEED, per_sample_seeds=True,
                            batch_size=args.num)
             key = f"{solver}_{nfe}" + (f"_pg{guidance.scale:g}" if guidance else "")
-            rows[key] = [{"call": i + 1, **r} for i, r in enumerate(calls)]
+            rows[key] = [{"call": i + 1, **r, **(pushes[i] if len(pushes) == len(calls) else {})}
+                         for i, r in enumerate(calls)]
             for r in rows[key]:
                 print(key, {k: round(v, 4) for k, v in r.items()}, flush=True)
     finally:
         second_order.reweight_towards = probabilistic.reweight_towards = original
+        ProbabilisticGuidance.guide_gm = original_guide
     write_json(args.work_dir / testbed.name / "reweighting.json",
                {"num": args.num, "iteration": trained.checkpoint.step, "cases": rows})
 
@@ -819,10 +876,17 @@ def report(args) -> None:
                       "per call, the share of the GM's variance its mean shift takes, and the mean per-pixel entropy "
                       "(nats) of "
                       "the component weights before -> after; `gmode2_N` is the 2nd-order correction (unguided), "
-                      "`gmode_N_pgW` probabilistic guidance with the first-order solver:\n\n| case | call | "
-                      "shift share | weight entropy before | after |\n|---|---:|---:|---:|---:|\n" + "".join(
+                      "`gmode_N_pgW` probabilistic guidance with the first-order solver; for PG also its push as a "
+                      "CFG scale minus 1 (RMS of the guided mean's shift / RMS of cond - uncond; CFG at scale s: "
+                      "s - 1 at every call) and that difference in units of the GM's std. Call i of N runs at "
+                      "sigma = 1 - (i - 1) / N (shift 1):\n\n| case | call | shift share | weight entropy before | "
+                      "after | PG push as CFG s - 1 | cond - uncond / std |\n|---|---:|---:|---:|---:|---:|---:|\n"
+                      + "".join(
                           f"| {key} | {r['call']} | {r['bias_share']:.3f} | {r['entropy_before']:.3f} | "
-                          f"{r['entropy_after']:.3f} |\n" for key, rs in probe["cases"].items() for r in rs))
+                          f"{r['entropy_after']:.3f} | "
+                          + (f"{r['cfg_equivalent']:.3f} | {r['difference_over_std']:.4f}" if "cfg_equivalent" in r
+                             else " | ")
+                          + " |\n" for key, rs in probe["cases"].items() for r in rs))
         history = {m: solver_history(folder) for m, folder in (("gmflow", gm_dir), ("fm", fm_dir))}
         if any(len(h) > 1 for h in history.values()):
             payload["testbeds"][name]["val_history"] = history
@@ -858,6 +922,10 @@ def report(args) -> None:
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
                           f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
             payload["testbeds"][name]["diagnostic_points"] = {p["key"]: p["val"] for p in diagnostics}
+        levers = lever_results(name, args.work_dir, testbed)
+        if levers:
+            payload["testbeds"][name]["levers"] = levers
+            md.append(levers_md(levers, rows, per_seed))
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
@@ -866,6 +934,59 @@ def report(args) -> None:
         figure = out / CARRIED_FIGURE
     write_results("claims", payload, "".join(md) + (f"\n![claims]({figure.name})\n" if figure else ""), out)
     print((out / "claims.md").read_text())
+
+
+def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
+    """Each lever run (a ``VARIANTS`` entry other than gmflow / fm, ``<variant>_s<seed>``) set against the FM
+    run of its seed by the same targets as the pair: what it changes, its test rows and its verdicts."""
+    out: dict[str, Any] = {}
+    for variant, (_, overrides) in VARIANTS.items():
+        if variant in ("gmflow", "fm"):
+            continue
+        for seed in (0, 1):
+            folder = run_dir(work, testbed, f"{variant}_s{seed}")
+            info = run_info(folder)
+            if info is None or not load_points(folder, "test_"):
+                continue
+            rows, targets, table4 = pair_results(name, folder, run_dir(work, testbed, f"fm_s{seed}"))
+            out[f"{variant}_s{seed}"] = {"changes": overrides, "seed": seed, "params": info["params"],
+                                         "iterations": info["iterations"],
+                                         "table": {k: v for k, v in rows.items() if k.startswith("gmflow")},
+                                         "table4": {k: v for k, v in table4.items() if k.startswith("gmflow")},
+                                         "targets_against_fm": targets}
+    return out
+
+
+def levers_md(levers: dict[str, Any], rows: dict, per_seed: dict) -> str:
+    """Markdown: the levers' test FD per NFE and best precision at 6 NFE beside GMFlow and FM of their seed."""
+    def fd_cells(table: dict, m: str) -> str:
+        return " | ".join(f"{r['FD']:.1f} +- {r['FD sd']:.1f}" if (r := table.get(f"{m} NFE {n}")) else ""
+                          for n in NFES)
+
+    def precision(table4: dict, m: str) -> str:
+        e = table4.get(f"{m} NFE 6")
+        return f"{e['best_precision']:.3f}" if e and e.get("best_precision") is not None else ""
+
+    md = ("\nLevers at equal cost (same trunk, data, budget and seed; recipe changes listed), test split, solver "
+          "chosen on val; the verdicts set each lever against FM of its seed (T1 at NFE 4 / 6 / 8, T2, T4):\n\n"
+          "| run | changes | params | " + " | ".join(f"FD NFE {n}" for n in NFES)
+          + " | best precision NFE 6 | T1 4/6/8 | T2 | T4 |\n|---|---|---:|" + "---:|" * (len(NFES) + 1)
+          + "---|---|---|\n")
+    for seed in sorted({e["seed"] for e in levers.values()}):
+        base_rows, _, base4 = per_seed.get(seed, ({}, {}, {}))
+        for m in ("gmflow", "fm"):
+            md += f"| {m}_s{seed} | (the pair) | | {fd_cells(base_rows, m)} | {precision(base4, m)} | | | |\n"
+        for run, e in levers.items():
+            if e["seed"] != seed:
+                continue
+            t = e["targets_against_fm"]
+            verdict = lambda tid: "" if t.get(tid, {}).get("met") is None else str(t[tid]["met"])  # noqa: E731
+            changes = "; ".join(f"{k}.{kk} = {vv}" for k, d in e["changes"].items() for kk, vv in d.items())
+            md += (f"| {run} | {changes} | {e['params']:,} | {fd_cells(e['table'], 'gmflow')} | "
+                   f"{precision(e['table4'], 'gmflow')} | "
+                   + " / ".join(verdict(f"T1_nfe{n}") or "-" for n in (4, 6, 8))
+                   + f" | {verdict('T2_precision_nfe6')} | {verdict('T4_nfe32_not_worse_than_nfe8')} |\n")
+    return md
 
 
 CARRIED_FIGURE = "claims_carried.png"
@@ -1056,6 +1177,8 @@ def main() -> None:
     p.add_argument("--diag-nfes", type=int, nargs="+", default=[8, 32], help="NFEs of the diagnostic points")
     p.add_argument("--temperatures", type=float, nargs="*", default=[0.5, 0.25],
                    help="GM temperatures of the diagnostic points (GMFlow runs)")
+    p.add_argument("--diag-pg-first", nargs="+", default=[], metavar="W:N",
+                   help="diagnostic points with PG scale W on the first N network calls only (GMFlow runs)")
     p.add_argument("--diag-solvers", nargs="+", default=[],
                    choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
                    help="GM solvers measured as diagnostic points (GMFlow runs)")
