@@ -50,10 +50,10 @@ import os
 import shutil
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -356,18 +356,16 @@ def evaluate(args) -> None:
                       VAL_SEED)
             # PG on the first calls only (``probe-reweighting`` shows its push growing as sigma falls): as many
             # samples as a sweep point, so the two compare.
-            for spec in args.diag_pg_first if solver else ():
-                w, first = float(spec.split(":")[0]), int(spec.split(":")[1])
+            for w, first in args.diag_pg_first if solver else ():
                 with pg_on_first_calls(first, nfe):
                     point(measure, trained, folder, f"diag_{solver}_{nfe}_pg{w:g}_first{first}", solver, nfe,
                           ProbabilisticGuidance(w, 1.0), args.num_samples, VAL_SEED)
 
 
-@contextmanager
 def pg_on_first_calls(first: int, nfe: int):
-    """Probabilistic guidance applied at the first ``first`` of each ``nfe`` network calls only (a diagnostic:
-    the later calls keep the conditional GM; the cost is unchanged). Relies on a solver making exactly
-    ``nfe`` guided calls per batch, as the first-order and GM-SDE solvers do."""
+    """A context in which probabilistic guidance applies at the first ``first`` of each ``nfe`` network calls
+    only (a diagnostic: the later calls keep the conditional GM; the cost is unchanged). Relies on a solver
+    making exactly ``nfe`` guided calls per batch, as the first-order and GM-SDE solvers do."""
     from gmfm.guidance import GuidedGM
 
     original = ProbabilisticGuidance.guide_gm
@@ -376,11 +374,16 @@ def pg_on_first_calls(first: int, nfe: int):
     def guide_gm(self, cond, uncond):
         return original(self, cond, uncond) if next(calls) % nfe < first else GuidedGM.unguided(cond)
 
-    ProbabilisticGuidance.guide_gm = guide_gm
+    return mock.patch.object(ProbabilisticGuidance, "guide_gm", guide_gm)
+
+
+def pg_first_spec(text: str) -> tuple[float, int]:
+    """``W:N`` of ``--diag-pg-first`` -> (W, N)."""
     try:
-        yield
-    finally:
-        ProbabilisticGuidance.guide_gm = original
+        w, first = text.split(":")
+        return float(w), int(first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W:N (a PG scale and a number of calls), got {text!r}") from None
 
 
 def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
@@ -524,6 +527,7 @@ def probe_reweighting(args) -> None:
     difference at every call; PG's factor is set per call by its normalisation to the GM's spread).
     Writes reweighting.json."""
     from gmfm.guidance import probabilistic
+    from gmfm.guidance.base import mean_over_event
     from gmfm.solvers import second_order
 
     testbed = TESTBEDS[args.testbed]
@@ -548,20 +552,21 @@ def probe_reweighting(args) -> None:
     pushes: list[dict[str, float]] = []
     original_guide = ProbabilisticGuidance.guide_gm
 
-    def rms(t: torch.Tensor) -> torch.Tensor:  # per sample, over C, H, W
-        return t.square().mean(dim=(-3, -2, -1)).sqrt()
+    def rms(t: torch.Tensor) -> torch.Tensor:  # per sample, over C, H, W: (..., 1, 1, 1)
+        return mean_over_event(t.square()).sqrt()
 
     def probed_guide(self, cond, uncond):
         guided = original_guide(self, cond, uncond)
         difference = rms(gm_mean(cond) - gm_mean(uncond))
         shift = rms(gm_mean(guided.gm) - gm_mean(cond))
         pushes.append({"cfg_equivalent": float((shift / difference.clamp(min=1e-12)).mean()),
-                       "difference_over_std": float((difference / guided.avg_var.flatten().sqrt()).mean())})
+                       "difference_over_std": float((difference / guided.avg_var.sqrt()).mean())})
         return guided
 
-    second_order.reweight_towards = probabilistic.reweight_towards = probed  # read-only probes, restored below
-    ProbabilisticGuidance.guide_gm = probed_guide
-    try:
+    # Read-only probes, undone when the block ends.
+    with mock.patch.object(second_order, "reweight_towards", probed), \
+            mock.patch.object(probabilistic, "reweight_towards", probed), \
+            mock.patch.object(ProbabilisticGuidance, "guide_gm", probed_guide):
         for solver, nfe, guidance in cases:
             calls.clear()
             pushes.clear()
@@ -573,9 +578,6 @@ def probe_reweighting(args) -> None:
                          for i, r in enumerate(calls)]
             for r in rows[key]:
                 print(key, {k: round(v, 4) for k, v in r.items()}, flush=True)
-    finally:
-        second_order.reweight_towards = probabilistic.reweight_towards = original
-        ProbabilisticGuidance.guide_gm = original_guide
     write_json(args.work_dir / testbed.name / "reweighting.json",
                {"num": args.num, "iteration": trained.checkpoint.step, "cases": rows})
 
@@ -925,7 +927,7 @@ def report(args) -> None:
         levers = lever_results(name, args.work_dir, testbed)
         if levers:
             payload["testbeds"][name]["levers"] = levers
-            md.append(levers_md(levers, rows, per_seed))
+            md.append(levers_md(levers, per_seed))
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
@@ -957,7 +959,7 @@ def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
     return out
 
 
-def levers_md(levers: dict[str, Any], rows: dict, per_seed: dict) -> str:
+def levers_md(levers: dict[str, Any], per_seed: dict) -> str:
     """Markdown: the levers' test FD per NFE and best precision at 6 NFE beside GMFlow and FM of their seed."""
     def fd_cells(table: dict, m: str) -> str:
         return " | ".join(f"{r['FD']:.1f} +- {r['FD sd']:.1f}" if (r := table.get(f"{m} NFE {n}")) else ""
@@ -1116,8 +1118,8 @@ def plot(rows, path: Path) -> Path | None:
         return None
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    colors = {1.0: "tab:blue", 0.0: "tab:orange", None: "tab:green"}  # the same series, the same colour
     for ax, (name, nfe, gm, fm) in zip(axes[0], panels):
-        colors = {1.0: "tab:blue", 0.0: "tab:orange", None: "tab:green"}  # the same series, the same colour
         for folder, label, style in ((gm, "GMFlow, probabilistic guidance", "-o"), (fm, "FM, CFG", "--s")):
             for orth in ((1.0, 0.0) if folder is gm else (None,)):
                 pts = [p for p in sweep(folder, nfe)
@@ -1179,7 +1181,7 @@ def main() -> None:
     p.add_argument("--diag-nfes", type=int, nargs="+", default=[8, 32], help="NFEs of the diagnostic points")
     p.add_argument("--temperatures", type=float, nargs="*", default=[0.5, 0.25],
                    help="GM temperatures of the diagnostic points (GMFlow runs)")
-    p.add_argument("--diag-pg-first", nargs="+", default=[], metavar="W:N",
+    p.add_argument("--diag-pg-first", type=pg_first_spec, nargs="+", default=[], metavar="W:N",
                    help="diagnostic points with PG scale W on the first N network calls only (GMFlow runs)")
     p.add_argument("--diag-solvers", nargs="+", default=[],
                    choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
