@@ -285,7 +285,8 @@ def point(measure: Measure, trained, folder: Path, key: str, solver: str, nfe: i
 
 def guidance_dict(guidance) -> dict[str, float] | None:
     if isinstance(guidance, ProbabilisticGuidance):
-        return {"pg": guidance.scale, "orthogonal": guidance.orthogonal}
+        shaped = {"per_pixel_variance": True} if guidance.per_pixel_variance else {}  # old keys stay as they were
+        return {"pg": guidance.scale, "orthogonal": guidance.orthogonal, **shaped}
     if isinstance(guidance, ClassifierFreeGuidance):
         return {"cfg": guidance.scale}
     return None
@@ -296,7 +297,9 @@ def point_key(split: str, solver: str, nfe: int, guidance=None) -> str:
     d = guidance_dict(guidance)
     if d is None:
         return f"{split}_{solver}_{nfe}"
-    return f"{split}_{solver}_{nfe}_" + (f"pg{d['pg']:g}_orth{d['orthogonal']:g}" if "pg" in d else f"cfg{d['cfg']:g}")
+    if "pg" in d:
+        return f"{split}_{solver}_{nfe}_pg{d['pg']:g}_orth{d['orthogonal']:g}" + ("_pix" if len(d) > 2 else "")
+    return f"{split}_{solver}_{nfe}_cfg{d['cfg']:g}"
 
 
 def sweep_guidances(method: str, pg_scales, cfg_scales, orthogonal) -> list:
@@ -360,6 +363,12 @@ def evaluate(args) -> None:
                 with pg_on_first_calls(first, nfe):
                     point(measure, trained, folder, f"diag_{solver}_{nfe}_pg{w:g}_first{first}", solver, nfe,
                           ProbabilisticGuidance(w, 1.0), args.num_samples, VAL_SEED)
+            # PG with each pixel's own variance shaping its bias (a gmfm option; ``probe-reweighting`` shows
+            # the paper's PG pushing multimodal pixels far beyond its design).
+            for w in args.diag_pg_per_pixel if solver else ():
+                g = ProbabilisticGuidance(w, 1.0, per_pixel_variance=True)
+                point(measure, trained, folder, point_key("diag", solver, nfe, g), solver, nfe, g, args.num_samples,
+                      VAL_SEED)
 
 
 def pg_on_first_calls(first: int, nfe: int):
@@ -410,7 +419,9 @@ def best_guided(folder: Path, solver: str, nfe: int, criterion: str) -> dict[str
 def guidance_from_dict(d: dict[str, float] | None):
     if d is None:
         return None
-    return ProbabilisticGuidance(d["pg"], d["orthogonal"]) if "pg" in d else ClassifierFreeGuidance(d["cfg"])
+    if "pg" in d:
+        return ProbabilisticGuidance(d["pg"], d["orthogonal"], d.get("per_pixel_variance", False))
+    return ClassifierFreeGuidance(d["cfg"])
 
 
 # ----- training curve (latent testbed) -------------------------------------------------------------------
@@ -524,8 +535,8 @@ def probe_reweighting(args) -> None:
     are narrow and far apart can only move its mean by moving weight between modes, pixel by pixel.
     For PG it also records how hard it pushes compared with CFG: the RMS of the guided mean's shift over the
     RMS of the conditional - unconditional mean difference (CFG at scale s shifts by s - 1 times that
-    difference at every call; PG's factor is set per call by its normalisation to the GM's spread).
-    Writes reweighting.json."""
+    difference at every call; PG's factor is set per call by its normalisation to the GM's spread), beside the
+    push it is designed for; ``--per-pixel-scales`` adds PG with ``per_pixel_variance``. Writes reweighting.json."""
     from gmfm.guidance import probabilistic
     from gmfm.guidance.base import mean_over_event
     from gmfm.solvers import second_order
@@ -548,6 +559,8 @@ def probe_reweighting(args) -> None:
 
     cases = [("gmode2", nfe, None) for nfe in args.nfes]
     cases += [("gmode", nfe, ProbabilisticGuidance(w, 1.0)) for nfe in args.nfes for w in args.pg_scales]
+    cases += [("gmode", nfe, ProbabilisticGuidance(w, 1.0, per_pixel_variance=True))
+              for nfe in args.nfes for w in args.per_pixel_scales]
     rows = {}
     pushes: list[dict[str, float]] = []
     original_guide = ProbabilisticGuidance.guide_gm
@@ -559,7 +572,9 @@ def probe_reweighting(args) -> None:
         guided = original_guide(self, cond, uncond)
         difference = rms(gm_mean(cond) - gm_mean(uncond))
         shift = rms(gm_mean(guided.gm) - gm_mean(cond))
+        designed = self.scale * guided.avg_var.sqrt()  # RMS of the bias the factor is built for
         pushes.append({"cfg_equivalent": float((shift / difference.clamp(min=1e-12)).mean()),
+                       "designed_cfg_equivalent": float((designed / difference.clamp(min=1e-12)).mean()),
                        "difference_over_std": float((difference / guided.avg_var.sqrt()).mean())})
         return guided
 
@@ -574,6 +589,7 @@ def probe_reweighting(args) -> None:
                            labels=torch.arange(args.num) % 10, seed=VAL_SEED, per_sample_seeds=True,
                            batch_size=args.num)
             key = f"{solver}_{nfe}" + (f"_pg{guidance.scale:g}" if guidance else "")
+            key += "_pix" if guidance and guidance.per_pixel_variance else ""
             rows[key] = [{"call": i + 1, **r, **(pushes[i] if len(pushes) == len(calls) else {})}
                          for i, r in enumerate(calls)]
             for r in rows[key]:
@@ -878,16 +894,19 @@ def report(args) -> None:
                       "per call, the share of the GM's variance its mean shift takes, and the mean per-pixel entropy "
                       "(nats) of "
                       "the component weights before -> after; `gmode2_N` is the 2nd-order correction (unguided), "
-                      "`gmode_N_pgW` probabilistic guidance with the first-order solver; for PG also its push as a "
+                      "`gmode_N_pgW` probabilistic guidance with the first-order solver (`_pix`: with "
+                      "`per_pixel_variance`); for PG also its push as a "
                       "CFG scale minus 1 (RMS of the guided mean's shift / RMS of cond - uncond; CFG at scale s: "
-                      "s - 1 at every call) and that difference in units of the GM's std. Call i of N runs at "
+                      "s - 1 at every call), the push it is designed for (w times the GM's std, same units) and "
+                      "cond - uncond in units of the GM's std. Call i of N runs at "
                       "sigma = 1 - (i - 1) / N (shift 1):\n\n| case | call | shift share | weight entropy before | "
-                      "after | PG push as CFG s - 1 | cond - uncond / std |\n|---|---:|---:|---:|---:|---:|---:|\n"
+                      "after | PG push as CFG s - 1 | designed push | cond - uncond / std |\n"
+                      "|---|---:|---:|---:|---:|---:|---:|---:|\n"
                       + "".join(
                           f"| {key} | {r['call']} | {r['bias_share']:.3f} | {r['entropy_before']:.3f} | "
                           f"{r['entropy_after']:.3f} | "
-                          + (f"{r['cfg_equivalent']:.3f} | {r['difference_over_std']:.4f}" if "cfg_equivalent" in r
-                             else " | ")
+                          + (f"{r['cfg_equivalent']:.3f} | {fmt(r.get('designed_cfg_equivalent'))} | "
+                             f"{r['difference_over_std']:.4f}" if "cfg_equivalent" in r else " | | ")
                           + " |\n" for key, rs in probe["cases"].items() for r in rs))
         history = {m: solver_history(folder) for m, folder in (("gmflow", gm_dir), ("fm", fm_dir))}
         if any(len(h) > 1 for h in history.values()):
@@ -918,11 +937,14 @@ def report(args) -> None:
             md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
                       "GMFlow network sampled by Euler on its GM mean (the mean ODE, as FM is sampled); "
                       "`diag_<solver>_N_T<t>` is the chosen GM solver with the GM at temperature t (weights^(1/t), "
-                      "variances x t); `diag_gmode_N` / `diag_gmsde_N` are the first-order GM solvers:\n\n"
-                      "| point | samples | FD | FD sd | precision | recall |\n"
-                      "|---|---:|---:|---:|---:|---:|\n" + "".join(
+                      "variances x t); `diag_gmode_N` / `diag_gmsde_N` are the first-order GM solvers; "
+                      "`diag_<solver>_N_pgW_firstM` PG at scale W on the first M calls only; "
+                      "`diag_<solver>_N_pgW_orth1_pix` PG with `per_pixel_variance`:\n\n"
+                      "| point | samples | FD | FD sd | precision | recall | saturation |\n"
+                      "|---|---:|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
-                          f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} |\n" for p in diagnostics))
+                          f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} | "
+                          f"{fmt(p['val'].get('saturation', p.get('saturation')))} |\n" for p in diagnostics))
             payload["testbeds"][name]["diagnostic_points"] = {p["key"]: p["val"] for p in diagnostics}
         levers = lever_results(name, args.work_dir, testbed)
         if levers:
@@ -1183,6 +1205,8 @@ def main() -> None:
                    help="GM temperatures of the diagnostic points (GMFlow runs)")
     p.add_argument("--diag-pg-first", type=pg_first_spec, nargs="+", default=[], metavar="W:N",
                    help="diagnostic points with PG scale W on the first N network calls only (GMFlow runs)")
+    p.add_argument("--diag-pg-per-pixel", type=float, nargs="+", default=[], metavar="W",
+                   help="diagnostic points with PG scale W and per_pixel_variance=True (GMFlow runs)")
     p.add_argument("--diag-solvers", nargs="+", default=[],
                    choices=["gmode", "gmsde", "gmsde_nospectral", "gmode2", "gmsde2"],
                    help="GM solvers measured as diagnostic points (GMFlow runs)")
@@ -1197,6 +1221,8 @@ def main() -> None:
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("--nfes", type=int, nargs="+", default=[8])
     p.add_argument("--pg-scales", type=float, nargs="*", default=[0.05])
+    p.add_argument("--per-pixel-scales", type=float, nargs="*", default=[],
+                   help="PG scales probed with per_pixel_variance=True (first-order gmode)")
     p.add_argument("--num", type=int, default=100)
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)

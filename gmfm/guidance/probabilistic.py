@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..math.containers import GaussianMixture, IsoGaussian
-from ..math.gm_ops import gm_mean, variance_floor
+from ..math.gm_ops import gm_mean, gm_to_iso_gaussian, variance_floor
 from ..math.validation import check_float_in
 from .base import Guidance, GuidedGM, mean_over_event, pixel_averaged_gaussian, reweight_towards
 
@@ -21,7 +21,8 @@ _POWER_EPS = 1e-6
 
 
 def probabilistic_guidance(
-    cond: GaussianMixture, uncond: GaussianMixture, guidance_scale: float, orthogonal: float = 1.0
+    cond: GaussianMixture, uncond: GaussianMixture, guidance_scale: float, orthogonal: float = 1.0,
+    per_pixel_variance: bool = False,
 ) -> GuidedGM:
     """Guide the conditional x0-GM ``cond`` away from the unconditional ``uncond``.
 
@@ -30,14 +31,24 @@ def probabilistic_guidance(
     3. bias rescaled to power w^2 avg(v_c) (``w = guidance_scale``);
     4. guided GM = cond x N(mu_c + bias, v_c (1 - w^2)) / N(mu_c, v_c), renormalised.
 
+    With ``per_pixel_variance`` (a gmfm option, not in the paper or the official code), step 4 uses the bias
+    ``b' = b (w^2 + (1 - w^2) v_c / v_p)``, v_p being each pixel's own moment-matched variance. Why: the
+    factor of step 4 tilts every pixel alike, and a pixel's mean answers a tilt in proportion to its own
+    variance, so with one v_c a multimodal pixel (v_p >> v_c) moves far more than ``bias`` and a unimodal
+    one less. With b' a pixel whose GM is one Gaussian moves by exactly ``bias``, a mixture by ``bias`` to
+    first order in w (with several channels, v_p is their average), and the GM keeps its one shared std (only
+    the factor's mean changes). For a GM with one component (K = 1), b' = b: the paper's PG.
+
     Args:
         cond: conditional x0-GM (..., K, C, H, W).
         uncond: unconditional x0-GM of the same shape.
         guidance_scale: w in [0, 1); 0 returns ``cond`` unchanged.
         orthogonal: in [0, 1]; 1 removes the bias component parallel to mu_c (the paper's default).
+        per_pixel_variance: shape the applied bias by each pixel's variance (above); False: the paper's PG.
 
     Returns:
-        :class:`GuidedGM` with ``base = cond`` and the applied ``bias`` (..., C, H, W).
+        :class:`GuidedGM` with ``base = cond`` and the applied ``bias`` (..., C, H, W) (b' with
+        ``per_pixel_variance``).
     """
     w = check_float_in("guidance_scale", guidance_scale, 0.0, 1.0, high_open=True)
     orthogonal = check_float_in("orthogonal", orthogonal, 0.0, 1.0)
@@ -58,6 +69,9 @@ def probabilistic_guidance(
     # floors relative to the data's scale (the official code clamps both at an absolute 1e-6)
     bias_power = variance_floor(mean_over_event(bias.square()), avg_var, _POWER_EPS)
     bias = bias * (w * torch.sqrt(avg_var / bias_power))
+    if per_pixel_variance:
+        pixel_var = variance_floor(gm_to_iso_gaussian(cond).var, avg_var)  # (..., 1, H, W)
+        bias = bias * (w * w + (1.0 - w * w) * surrogate.var / pixel_var)
     target = IsoGaussian(mu_c + bias, surrogate.var * (1.0 - w * w))
     return GuidedGM(reweight_towards(cond, surrogate, target), cond, surrogate, bias, target, w)
 
@@ -65,10 +79,12 @@ def probabilistic_guidance(
 @dataclass(frozen=True)
 class ProbabilisticGuidance(Guidance):
     """GMFlow's probabilistic guidance with scale w in [0, 1) and orthogonal projection weight in [0, 1]
-    (1: the paper's default). ``scale = 0`` needs no unconditional pass."""
+    (1: the paper's default); ``per_pixel_variance``: the gmfm option of :func:`probabilistic_guidance`.
+    ``scale = 0`` needs no unconditional pass."""
 
     scale: float
     orthogonal: float = 1.0
+    per_pixel_variance: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", check_float_in("guidance_scale", self.scale, 0.0, 1.0, high_open=True))
@@ -79,4 +95,4 @@ class ProbabilisticGuidance(Guidance):
         return self.scale > 0
 
     def guide_gm(self, cond: GaussianMixture, uncond: GaussianMixture) -> GuidedGM:
-        return probabilistic_guidance(cond, uncond, self.scale, self.orthogonal)
+        return probabilistic_guidance(cond, uncond, self.scale, self.orthogonal, self.per_pixel_variance)

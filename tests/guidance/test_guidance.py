@@ -140,3 +140,38 @@ def test_gm_only_guidance_is_refused_by_flow_solvers():
     with pytest.raises(ValueError, match="MeanShiftGuidance guides Gaussian mixtures only"):
         flow_sample(mean_velocity(oracle()), noise, 2, condition=torch.zeros(2, dtype=torch.long),
                     uncond_condition=torch.ones(2, dtype=torch.long), guidance=MeanShiftGuidance(1.0))
+
+
+def test_per_pixel_variance_moves_each_pixel_mean_by_the_bias():
+    # One channel, three far-apart components per pixel: the pixels' own variances differ from their average.
+    g = torch.Generator().manual_seed(3)
+    cond = GaussianMixture.from_logits(3.0 * torch.randn(2, 3, 1, 4, 4, generator=g, dtype=torch.float64),
+                                       2.0 * torch.randn(2, 3, 1, 4, 4, generator=g, dtype=torch.float64),
+                                       torch.full((2, 1, 1, 1, 1), math.log(0.2), dtype=torch.float64))
+    uncond = GaussianMixture.from_logits(torch.randn(2, 3, 1, 4, 4, generator=g, dtype=torch.float64),
+                                         torch.zeros(2, 3, 1, 4, 4, dtype=torch.float64), cond.logstds)
+    w = 1e-3
+    paper = probabilistic_guidance(cond, uncond, w)
+    shaped = ProbabilisticGuidance(w, per_pixel_variance=True).guide_gm(cond, uncond)
+    assert torch.equal(shaped.gm.logstds, paper.gm.logstds)  # one shared std, as the container requires
+    design, scale = paper.bias, paper.bias.abs().max()
+    # First order in w: the error is 1.3% of the largest bias at w = 1e-3 (7.7% at 1e-2; below 1e-4 the
+    # factor's huge variance v (1 - w^2) / w^2 costs float64 digits).
+    moved = gm_mean(shaped.gm) - gm_mean(cond)
+    assert (moved - design).abs().max() <= 0.05 * scale
+    # The paper's PG moves each pixel in proportion to its own variance instead: 3.9 times the largest bias off.
+    paper_moved = gm_mean(paper.gm) - gm_mean(cond)
+    assert (paper_moved - design).abs().max() >= 1.0 * scale
+
+
+def test_per_pixel_variance_is_the_paper_pg_with_one_component():
+    den = AnalyticGMDenoiser(torch.randn(2, 1, 2, 3, 3, dtype=torch.float64),
+                             torch.zeros(2, 1, 1, 3, 3, dtype=torch.float64), math.log(0.3))
+    x, sigma = torch.randn(3, 2, 3, 3, dtype=torch.float64), torch.full((3,), 0.6, dtype=torch.float64)
+    cond = den.x0_posterior(x, sigma, torch.zeros(3, dtype=torch.long))
+    uncond = den.x0_posterior(x, sigma, torch.ones(3, dtype=torch.long))
+    for w in (0.1, 0.6):
+        paper = probabilistic_guidance(cond, uncond, w)
+        shaped = probabilistic_guidance(cond, uncond, w, per_pixel_variance=True)
+        torch.testing.assert_close(shaped.bias, paper.bias)
+        torch.testing.assert_close(shaped.gm.means, paper.gm.means)
