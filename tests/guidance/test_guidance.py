@@ -48,6 +48,8 @@ def test_values_validate_and_say_when_the_unconditional_pass_runs():
         ProbabilisticGuidance(-0.2)
     with pytest.raises(ValueError, match=r"orthogonal_guidance must be in \[0, 1\]"):
         ProbabilisticGuidance(0.3, 1.5)
+    with pytest.raises(ValueError, match="per_pixel_variance must be a bool"):
+        ProbabilisticGuidance(0.3, per_pixel_variance="yes")
     with pytest.raises(ValueError, match=r"cfg_scale must be in \[0, inf\]"):
         ClassifierFreeGuidance(-1.0)
     with pytest.raises(ValueError, match="either guidance_scale .* or cfg_scale"):
