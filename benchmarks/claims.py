@@ -298,7 +298,8 @@ def point_key(split: str, solver: str, nfe: int, guidance=None) -> str:
     if d is None:
         return f"{split}_{solver}_{nfe}"
     if "pg" in d:
-        return f"{split}_{solver}_{nfe}_pg{d['pg']:g}_orth{d['orthogonal']:g}" + ("_pix" if len(d) > 2 else "")
+        suffix = "_pix" if d.get("per_pixel_variance") else ""
+        return f"{split}_{solver}_{nfe}_pg{d['pg']:g}_orth{d['orthogonal']:g}{suffix}"
     return f"{split}_{solver}_{nfe}_cfg{d['cfg']:g}"
 
 
@@ -944,7 +945,7 @@ def report(args) -> None:
                       "|---|---:|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {p['key']} | {p['num_samples']} | {p['val']['fd']:.1f} | {p['val']['fd_sd']:.1f} | "
                           f"{p['val']['precision']:.3f} | {p['val']['recall']:.3f} | "
-                          f"{fmt(p['val'].get('saturation', p.get('saturation')))} |\n" for p in diagnostics))
+                          f"{fmt(p.get('saturation'))} |\n" for p in diagnostics))
             payload["testbeds"][name]["diagnostic_points"] = {p["key"]: p["val"] for p in diagnostics}
         levers = lever_results(name, args.work_dir, testbed)
         if levers:
