@@ -107,8 +107,9 @@ def report(args) -> None:
             trained = load_run(folder)
             runs[method] = {"recipe": trained.recipe.as_dict(), "iterations": trained.checkpoint.step,
                             "params": sum(p.numel() for p in trained.model.parameters())}
-        for p in sorted((folder / "points").glob("*.json")) if (folder / "points").is_dir() else []:
-            r = json.loads(p.read_text())
+        points = [json.loads(p.read_text()) for p in (folder / "points").glob("*.json")]
+        order = SOLVERS[method] + DIAGNOSTIC_SOLVERS[method]  # the protocol's solvers first, then by NFE
+        for r in sorted(points, key=lambda r: (order.index(r["solver"]), r["nfe"])):
             diagnostic = " (diagnostic)" if r["solver"] in DIAGNOSTIC_SOLVERS[method] else ""
             test = r["test"]
             rows[f"{method} {r['solver']} NFE {r['nfe']}{diagnostic}"] = {
@@ -126,10 +127,12 @@ def report(args) -> None:
             target.update(spread=spread, significant=bool(abs(gm["FD"] - best["FD"]) > 2 * spread),
                           baseline=next(k for k in rows if rows[k] is best))
         targets[f"gmsde2_fd_nfe{nfe}"] = target
-    for method, solver in (("gmflow", "gmsde2"), ("fm", "ddpm_small")):
+    grids = []
+    for method, solver in (("gmflow", "gmsde2"), ("fm", "ddpm_small"), ("fm", "dpmpp2m")):
         grid = args.work_dir / method / f"grid_{solver}_10.npy"
         if grid.is_file():
-            save_image_grid(torch.from_numpy(np.load(grid)), args.out / f"unet_{method}_{solver}_nfe10.png", nrow=8,
+            grids.append(f"unet_{method}_{solver}_nfe10.png")
+            save_image_grid(torch.from_numpy(np.load(grid)), args.out / grids[-1], nrow=8,
                             title=f"U-Net {method}, {solver}, NFE 10 (unconditional)")
     about = __doc__.split("CIFAR-10 cannot")[1].split("Writes")[0].rstrip().replace("\n", " ")
     columns = ["FD", "FD sd", "precision", "recall", "saturation", "samples"]
@@ -142,7 +145,8 @@ def report(args) -> None:
           + "".join(f"| {k} | {fmt(t['value'])} | {fmt(t['bound'])} | {t.get('baseline', '')} | "
                     f"{fmt(t.get('spread'))} | {t['met']} | {t.get('significant', '')} |\n" for k, t in targets.items())
           + "\nspread: the two points' bootstrap standard deviations combined; a gap is significant when it exceeds "
-          "twice the spread.\n")
+          "twice the spread.\n"
+          + "".join(f"\n![{name[:-4]}]({name})\n" for name in grids))
     write_results("unet", {"device": "cpu", "runs": runs, "results": rows, "targets": targets}, md, args.out)
     print((args.out / "unet.md").read_text())
 
