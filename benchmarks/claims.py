@@ -34,9 +34,12 @@ Protocol (paper Sec. 4, Tables 2-4, at this scale):
 Every point is one JSON file under ``--work-dir``; each command skips what exists, so the study runs in
 pieces and across sessions. The work dir (``benchmarks/runs/claims``) is committed, checkpoints included,
 because a session's machine and its untracked files do not outlive the session; only what a command rebuilds
-deterministically (the latent cache, run locks) is ignored. ``report`` states every target as met or not
-(with the numbers and spreads) and leaves out what has not run yet, saying so; a testbed with no evaluated
-runs in the work dir keeps its section of the previous report, marked as carried over with its date.
+deterministically (the latent cache, run locks) is ignored. A run trained further (``curve``) is re-measured by
+``evaluate``, which first moves the points of the earlier checkpoint to ``points_it<iteration>/``; ``report``
+states the targets at that earlier budget too, and sets each lever against FM at the lever's own iterations.
+``report`` states every target as met or not (with the numbers and spreads) and leaves out what has not run
+yet, saying so; a testbed with no evaluated runs in the work dir keeps its section of the previous report,
+marked as carried over with its date.
 """
 
 from __future__ import annotations
@@ -319,6 +322,7 @@ def evaluate(args) -> None:
     method = "fm" if trained.kind == "fm" else "gmflow"
     solvers = GM_SOLVERS if method == "gmflow" else FM_SOLVERS
     measure = Measure(testbed, args.work_dir, device=args.device)
+    archive_points(folder)
     nfes = args.nfes or NFES
     if "solvers" in args.stages:
         for nfe in nfes:
@@ -396,21 +400,40 @@ def pg_first_spec(text: str) -> tuple[float, int]:
         raise argparse.ArgumentTypeError(f"expected W:N (a PG scale and a number of calls), got {text!r}") from None
 
 
-def load_points(folder: Path, prefix: str) -> list[dict[str, Any]]:
-    """The points of ``folder`` whose key starts with ``prefix``, measured on its current checkpoint."""
+def archive_points(folder: Path) -> None:
+    """Move the points of ``folder`` measured on an earlier checkpoint to ``points_it<iteration>/``, so that
+    a run trained further is re-measured without losing what its earlier budget showed (the levers trained
+    to that budget are compared with it)."""
     step = checkpoint_step(folder)
-    points = (json.loads(p.read_text()) for p in sorted((folder / "points").glob(f"{prefix}*.json")))
+    for path in sorted((folder / "points").glob("*.json")):
+        iteration = json.loads(path.read_text()).get("iteration")
+        if iteration is None or iteration == step:
+            continue
+        archive = folder / f"points_it{iteration}"
+        archive.mkdir(exist_ok=True)
+        for f in (path.with_suffix(".npz"), path):  # the JSON last: it is what marks a point as measured
+            if f.is_file():
+                f.replace(archive / f.name)
+
+
+def load_points(folder: Path, prefix: str, step: int | None = None) -> list[dict[str, Any]]:
+    """The points of ``folder`` whose key starts with ``prefix``, measured at training step ``step`` (default:
+    the current checkpoint; an earlier step reads the points archived by :func:`archive_points`)."""
+    step = checkpoint_step(folder) if step is None else step
+    files = [*(folder / "points").glob(f"{prefix}*.json"), *(folder / f"points_it{step}").glob(f"{prefix}*.json")]
+    points = (json.loads(p.read_text()) for p in sorted(files, key=lambda f: f.name))
     return [p for p in points if p.get("iteration") == step]
 
 
-def best_solver(folder: Path, solvers, nfe: int) -> str | None:
-    found = [(p["val"]["fd"], p["solver"]) for p in load_points(folder, "val_")
+def best_solver(folder: Path, solvers, nfe: int, step: int | None = None) -> str | None:
+    found = [(p["val"]["fd"], p["solver"]) for p in load_points(folder, "val_", step)
              if p["nfe"] == nfe and p["guidance"] is None and p["solver"] in solvers]
     return min(found)[1] if found else None
 
 
-def best_guided(folder: Path, solver: str, nfe: int, criterion: str) -> dict[str, Any] | None:
-    found = [p for p in load_points(folder, f"val_{solver}_{nfe}") if p["nfe"] == nfe]
+def best_guided(folder: Path, solver: str, nfe: int, criterion: str,
+                step: int | None = None) -> dict[str, Any] | None:
+    found = [p for p in load_points(folder, f"val_{solver}_{nfe}", step) if p["nfe"] == nfe]
     if not found:
         return None
     key = (lambda p: p["val"]["fd"]) if criterion == "fd" else (lambda p: -p["val"]["precision"])
@@ -631,34 +654,35 @@ def target(value: float | None, bound: float | None, better: str, spread: float 
     return out
 
 
-def test_point(folder: Path, nfe: int, guidance=None) -> dict[str, Any] | None:
+# The helpers below read a run's points at training step ``step`` (default: its current checkpoint).
+def test_point(folder: Path, nfe: int, guidance=None, step: int | None = None) -> dict[str, Any] | None:
     """The test point of the solver chosen on val at ``nfe`` (test points of other solvers, measured before
     the solver set grew, are not reported)."""
-    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
-    for p in load_points(folder, "test_"):
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
+    for p in load_points(folder, "test_", step):
         if p["nfe"] == nfe and p["solver"] == solver and p["guidance"] == guidance_dict(guidance):
             return p
     return None
 
 
-def guided_tests(folder: Path, nfe: int) -> list[dict[str, Any]]:
-    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
-    return [p for p in load_points(folder, "test_")
+def guided_tests(folder: Path, nfe: int, step: int | None = None) -> list[dict[str, Any]]:
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
+    return [p for p in load_points(folder, "test_", step)
             if p["nfe"] == nfe and p["solver"] == solver and p["guidance"] is not None]
 
 
-def sweep(folder: Path, nfe: int) -> list[dict[str, Any]]:
-    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
-    return [p for p in load_points(folder, f"val_{solver}_{nfe}") if p["nfe"] == nfe] if solver else []
+def sweep(folder: Path, nfe: int, step: int | None = None) -> list[dict[str, Any]]:
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
+    return [p for p in load_points(folder, f"val_{solver}_{nfe}", step) if p["nfe"] == nfe] if solver else []
 
 
-def best_precision_point(folder: Path, nfe: int) -> dict[str, Any] | None:
+def best_precision_point(folder: Path, nfe: int, step: int | None = None) -> dict[str, Any] | None:
     """The test point of the guidance setting with the best val precision at ``nfe`` (None: not run)."""
-    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe)
-    chosen = best_guided(folder, solver, nfe, "precision") if solver else None
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
+    chosen = best_guided(folder, solver, nfe, "precision", step) if solver else None
     if chosen is None:
         return None
-    for p in load_points(folder, f"test_{solver}_{nfe}"):
+    for p in load_points(folder, f"test_{solver}_{nfe}", step):
         if p["guidance"] == chosen["guidance"] and p["nfe"] == nfe:
             return p
     return None
@@ -690,12 +714,13 @@ def curve_dominance(pg: list[dict], cfg: list[dict]) -> tuple[bool | None, list[
     return all(r["pg_fd"] <= r["cfg_fd"] for r in rows), rows
 
 
-def pair_results(name: str, gm_dir: Path, fm_dir: Path) -> tuple[dict, dict, dict]:
-    """One seed's pair -> (test table rows, targets, Table-4 entries), each target from that pair alone."""
+def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None) -> tuple[dict, dict, dict]:
+    """One seed's pair -> (test table rows, targets, Table-4 entries), each target from that pair alone;
+    ``step``: both runs' points at that training step (default: each run's current checkpoint)."""
     targets: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     for nfe in NFES:
-        gm, fm = test_point(gm_dir, nfe), test_point(fm_dir, nfe)
+        gm, fm = test_point(gm_dir, nfe, step=step), test_point(fm_dir, nfe, step=step)
         for m, p in (("gmflow", gm), ("fm", fm)):
             if p is not None:
                 rows[f"{m} NFE {nfe}"] = {"solver": p["solver"], "FD": p["test"]["fd"], "FD sd": p["test"]["fd_sd"],
@@ -705,19 +730,19 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path) -> tuple[dict, dict, dic
             targets[f"T1_nfe{nfe}"] = target(gm["test"]["fd"] if gm else None, fm["test"]["fd"] if fm else None,
                                              "lower", combined_sd(gm and gm["test"]["fd_sd"],
                                                                   fm and fm["test"]["fd_sd"]))
-    gm6, fm6 = best_precision_point(gm_dir, 6), best_precision_point(fm_dir, 6)
+    gm6, fm6 = best_precision_point(gm_dir, 6, step=step), best_precision_point(fm_dir, 6, step=step)
     targets["T2_precision_nfe6"] = target(gm6 and gm6["test"]["precision"], fm6 and fm6["test"]["precision"],
                                           "higher", combined_sd(gm6 and gm6["test"]["precision_sd"],
                                                                 fm6 and fm6["test"]["precision_sd"]))
     table4 = {}
-    swept = guidance_nfes(gm_dir, fm_dir)
+    swept = guidance_nfes(gm_dir, fm_dir, step=step)
     for nfe in swept:
         for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)):
-            unguided = test_point(folder, nfe)
-            tests = guided_tests(folder, nfe) + ([unguided] if unguided else [])
+            unguided = test_point(folder, nfe, step=step)
+            tests = guided_tests(folder, nfe, step=step) + ([unguided] if unguided else [])
             if not tests:
                 continue
-            best_p = best_precision_point(folder, nfe)
+            best_p = best_precision_point(folder, nfe, step=step)
             entry = {"best_fd": min(p["test"]["fd"] for p in tests),
                      "best_precision": best_p["test"]["precision"] if best_p else None,
                      "guidance_at_best_precision": best_p["guidance"] if best_p else None}
@@ -732,15 +757,55 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path) -> tuple[dict, dict, dic
             sat = lambda e: abs(e["saturation_minus_real_at_best_precision"]) if e and \
                 "saturation_minus_real_at_best_precision" in e else None  # noqa: E731
             targets[f"T3_saturation_nfe{nfe}"] = target(sat(pg), sat(cfg), "lower")
-            dominated, curve_rows = curve_dominance(sweep(gm_dir, nfe), sweep(fm_dir, nfe))
+            dominated, curve_rows = curve_dominance(sweep(gm_dir, nfe, step=step), sweep(fm_dir, nfe, step=step))
             targets[f"T3_fd_at_equal_precision_nfe{nfe}"] = {
                 "value": curve_rows, "bound": "CFG's FD at each precision both curves reach", "better": "lower",
                 "met": dominated}
-    gm8, gm32 = test_point(gm_dir, 8), test_point(gm_dir, 32)
+    gm8, gm32 = test_point(gm_dir, 8, step=step), test_point(gm_dir, 32, step=step)
     targets["T4_nfe32_not_worse_than_nfe8"] = target(
         gm32 and gm32["test"]["fd"], gm8 and gm8["test"]["fd"], "lower",
         combined_sd(gm32 and gm32["test"]["fd_sd"], gm8 and gm8["test"]["fd_sd"]))
     return rows, targets, table4
+
+
+def pair_budget(gm_dir: Path, fm_dir: Path) -> int | None:
+    """The training step both runs of a pair have reached (None: they differ, e.g. during a curve)."""
+    gm, fm = checkpoint_step(gm_dir), checkpoint_step(fm_dir)
+    return gm if gm == fm else None
+
+
+def earlier_budgets(gm_dir: Path, fm_dir: Path, budget: int | None) -> list[int]:
+    """The earlier training steps at which both runs of a pair have archived points (``points_it<step>``)."""
+    steps = [{int(d.name.removeprefix("points_it")) for d in folder.glob("points_it*") if d.is_dir()}
+             for folder in (gm_dir, fm_dir)]
+    return sorted((steps[0] & steps[1]) - {budget})
+
+
+def seeds_at(name: str, work: Path, testbed: Testbed, step: int | None) -> dict[int, tuple[dict, dict, dict]]:
+    """{seed: pair_results} of the seeds whose pair has test points at training step ``step`` (None: each run's
+    current checkpoint), so that seeds trained to different budgets never enter one target."""
+    out = {}
+    for seed in (0, 1):
+        gm_s, fm_s = (run_dir(work, testbed, f"{m}_s{seed}") for m in ("gmflow", "fm"))
+        if load_points(gm_s, "test_", step) or load_points(fm_s, "test_", step):
+            out[seed] = pair_results(name, gm_s, fm_s, step=step)
+    return out
+
+
+def targets_md(targets: dict[str, Any]) -> str:
+    """Markdown table of combined targets (:func:`combine_seeds`) with each seed's own verdict."""
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    md = ("| target | GMFlow / PG | FM / CFG | spread | met | significant | per seed (value vs bound: met) |\n"
+          "|---|---:|---:|---:|---|---|---|\n")
+    for tid, t in targets.items():
+        per = "; ".join(f"s{k}: " + (f"{fmt(e['value'])} vs {fmt(e['bound'])}: " if "bound" in e else "")
+                        + str(e["met"]) for k, e in t.get("seeds", {}).items())
+        if isinstance(t["value"], (list, dict)):
+            md += f"| {tid} | curve | CFG's curve | | {t['met']} | | {per} |\n"
+        else:
+            md += (f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {fmt(t.get('spread'))} | {t['met']} | "
+                   f"{t.get('significant', '')} | {per} |\n")
+    return md
 
 
 def pair_tables_md(rows: dict, table4: dict, suffix: str) -> str:
@@ -825,11 +890,8 @@ def report(args) -> None:
                 if runs[m] is not None:
                     runs[m]["seconds_per_iteration"] = timing[m]["seconds_per_iteration"]
                     runs[m]["seconds_per_iteration_threads"] = timing["threads"]
-        per_seed = {}
-        for seed in (0, 1):
-            gm_s, fm_s = (run_dir(args.work_dir, testbed, f"{m}_s{seed}") for m in ("gmflow", "fm"))
-            if load_points(gm_s, "test_") or load_points(fm_s, "test_"):
-                per_seed[seed] = pair_results(name, gm_s, fm_s)
+        budget = pair_budget(gm_dir, fm_dir)
+        per_seed = seeds_at(name, args.work_dir, testbed, budget)
         if not per_seed:
             per_seed[0] = pair_results(name, gm_dir, fm_dir)
         rows, _, table4 = per_seed.get(0, ({}, {}, {}))
@@ -869,17 +931,19 @@ def report(args) -> None:
             md.append("\nNot evaluated yet: every target below is not measured.\n")
         md.append(f"\nTargets over the seeds evaluated ({', '.join(str(s) for s in per_seed)}): mean value and bound, "
                   "spread from the bootstrap and the seed-to-seed scatter of the difference, and each seed's "
-                  "own verdict.\n\n| target | GMFlow / PG | FM / CFG | spread | met | significant | per seed "
-                  "(value vs bound: met) |\n|---|---:|---:|---:|---|---|---|\n")
+                  "own verdict.\n\n" + targets_md(targets))
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-        for tid, t in targets.items():
-            per = "; ".join(f"s{k}: " + (f"{fmt(e['value'])} vs {fmt(e['bound'])}: " if "bound" in e else "")
-                            + str(e["met"]) for k, e in t.get("seeds", {}).items())
-            if isinstance(t["value"], (list, dict)):
-                md.append(f"| {tid} | curve | CFG's curve | | {t['met']} | | {per} |\n")
-            else:
-                md.append(f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {fmt(t.get('spread'))} | {t['met']} | "
-                          f"{t.get('significant', '')} | {per} |\n")
+        earlier = {}
+        for step in earlier_budgets(gm_dir, fm_dir, budget):
+            earlier_seeds = seeds_at(name, args.work_dir, testbed, step)
+            earlier[str(step)] = {"seeds": list(earlier_seeds),
+                                  "targets": combine_seeds({s: r[1] for s, r in earlier_seeds.items()}),
+                                  "table": earlier_seeds[0][0] if 0 in earlier_seeds else {}}
+            md.append(f"\nThe same targets at the earlier budget of {step:,} iterations (points archived when the "
+                      f"pair was trained further; seeds {', '.join(str(s) for s in earlier_seeds)}):\n\n"
+                      + targets_md(earlier[str(step)]["targets"]))
+        if earlier:
+            payload["testbeds"][name]["earlier_budgets"] = earlier
         if velocity:
             md.append(f"\nMean-velocity error (MSE of the predicted mean velocity against noise - x0 on "
                       f"{velocity['num']} val images, true labels) and the GMFlow GM's own variance (averaged "
@@ -950,7 +1014,7 @@ def report(args) -> None:
         levers = lever_results(name, args.work_dir, testbed)
         if levers:
             payload["testbeds"][name]["levers"] = levers
-            md.append(levers_md(levers, per_seed))
+            md.append(levers_md(levers))
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
@@ -963,7 +1027,9 @@ def report(args) -> None:
 
 def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
     """Each lever run (a ``VARIANTS`` entry other than gmflow / fm, ``<variant>_s<seed>``) set against the FM
-    run of its seed by the same targets as the pair: what it changes, its test rows and its verdicts."""
+    run of its seed at the lever's own budget (the FM run's points archived at that iteration if it was trained
+    further) by the same targets as the pair: what it changes, its test rows and its verdicts; ``baseline``
+    holds the pair's rows at that budget."""
     out: dict[str, Any] = {}
     for variant, (_, overrides) in VARIANTS.items():
         if variant in ("gmflow", "fm"):
@@ -973,17 +1039,22 @@ def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
             info = run_info(folder)
             if info is None or not load_points(folder, "test_"):
                 continue
-            rows, targets, table4 = pair_results(name, folder, run_dir(work, testbed, f"fm_s{seed}"))
+            step = info["iterations"]
+            gm_pair, fm_pair = (run_dir(work, testbed, f"{m}_s{seed}") for m in ("gmflow", "fm"))
+            rows, targets, table4 = pair_results(name, folder, fm_pair, step=step)
+            base_rows, _, base4 = pair_results(name, gm_pair, fm_pair, step=step)
             out[f"{variant}_s{seed}"] = {"changes": overrides, "seed": seed, "params": info["params"],
-                                         "iterations": info["iterations"],
+                                         "iterations": step,
                                          "table": {k: v for k, v in rows.items() if k.startswith("gmflow")},
                                          "table4": {k: v for k, v in table4.items() if k.startswith("gmflow")},
-                                         "targets_against_fm": targets}
+                                         "targets_against_fm": targets,
+                                         "baseline": {"table": base_rows, "table4": base4}}
     return out
 
 
-def levers_md(levers: dict[str, Any], per_seed: dict) -> str:
-    """Markdown: the levers' test FD per NFE and best precision at 6 NFE beside GMFlow and FM of their seed."""
+def levers_md(levers: dict[str, Any]) -> str:
+    """Markdown: the levers' test FD per NFE and best precision at 6 NFE beside GMFlow and FM of their seed,
+    all at the levers' budget."""
     def fd_cells(table: dict, m: str) -> str:
         return " | ".join(f"{r['FD']:.1f} +- {r['FD sd']:.1f}" if (r := table.get(f"{m} NFE {n}")) else ""
                           for n in NFES)
@@ -993,21 +1064,22 @@ def levers_md(levers: dict[str, Any], per_seed: dict) -> str:
         return f"{e['best_precision']:.3f}" if e and e.get("best_precision") is not None else ""
 
     md = ("\nLevers at equal cost (same trunk, data, budget and seed; recipe changes listed), test split, solver "
-          "chosen on val; the verdicts set each lever against FM of its seed (T1 at NFE 4 / 6 / 8, T2, T4):\n\n"
-          "| run | changes | params | " + " | ".join(f"FD NFE {n}" for n in NFES)
-          + " | best precision NFE 6 | T1 4/6/8 | T2 | T4 |\n|---|---|---:|" + "---:|" * (len(NFES) + 1)
+          "chosen on val; the verdicts set each lever against FM of its seed at the same iterations (T1 at NFE "
+          "4 / 6 / 8, T2, T4):\n\n"
+          "| run | changes | params | iterations | " + " | ".join(f"FD NFE {n}" for n in NFES)
+          + " | best precision NFE 6 | T1 4/6/8 | T2 | T4 |\n|---|---|---:|---:|" + "---:|" * (len(NFES) + 1)
           + "---|---|---|\n")
-    for seed in sorted({e["seed"] for e in levers.values()}):
-        base_rows, _, base4 = per_seed.get(seed, ({}, {}, {}))
+    for seed, step in sorted({(e["seed"], e["iterations"]) for e in levers.values()}):
+        group = {run: e for run, e in levers.items() if (e["seed"], e["iterations"]) == (seed, step)}
+        base = next(iter(group.values()))["baseline"]
         for m in ("gmflow", "fm"):
-            md += f"| {m}_s{seed} | (the pair) | | {fd_cells(base_rows, m)} | {precision(base4, m)} | | | |\n"
-        for run, e in levers.items():
-            if e["seed"] != seed:
-                continue
+            md += (f"| {m}_s{seed} | (the pair) | | {step:,} | {fd_cells(base['table'], m)} | "
+                   f"{precision(base['table4'], m)} | | | |\n")
+        for run, e in group.items():
             t = e["targets_against_fm"]
             verdict = lambda tid: "" if t.get(tid, {}).get("met") is None else str(t[tid]["met"])  # noqa: E731
             changes = "; ".join(f"{k}.{kk} = {vv}" for k, d in e["changes"].items() for kk, vv in d.items())
-            md += (f"| {run} | {changes} | {e['params']:,} | {fd_cells(e['table'], 'gmflow')} | "
+            md += (f"| {run} | {changes} | {e['params']:,} | {step:,} | {fd_cells(e['table'], 'gmflow')} | "
                    f"{precision(e['table4'], 'gmflow')} | "
                    + " / ".join(verdict(f"T1_nfe{n}") or "-" for n in (4, 6, 8))
                    + f" | {verdict('T2_precision_nfe6')} | {verdict('T4_nfe32_not_worse_than_nfe8')} |\n")
@@ -1072,9 +1144,9 @@ def solver_history(folder: Path) -> dict[int, dict[int, dict[str, Any]]]:
     return out
 
 
-def guidance_nfes(*folders: Path) -> list[int]:
+def guidance_nfes(*folders: Path, step: int | None = None) -> list[int]:
     """The NFEs at which a guidance sweep of these runs has points."""
-    return sorted({p["nfe"] for folder in folders for p in load_points(folder, "val_") if p["guidance"]})
+    return sorted({p["nfe"] for folder in folders for p in load_points(folder, "val_", step) if p["guidance"]})
 
 
 def protocol_as_run(*folders: Path) -> dict[str, Any]:
