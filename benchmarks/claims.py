@@ -478,6 +478,51 @@ def curve(args) -> None:
         print(f"{run} iteration {step}: FD {fd:.2f} (best {best:.2f})", flush=True)
 
 
+def reference_floors(testbed: Testbed, work: Path, num: int = 500) -> dict[str, Any]:
+    """The scale of a training curve: val FD (the curve's protocol, ``num`` class-balanced images) of real
+    training images and, on a latent testbed, of the same images' cached latents decoded by the VAE: what a
+    perfect model would score at this sample size. Cached in ``<testbed>/floors.json``."""
+    path = work / testbed.name / "floors.json"
+    if path.is_file() and (cached := json.loads(path.read_text())).get("num") == num:
+        return cached
+    measure = Measure(testbed, work)
+    name, options = testbed.data
+    train_set = make_dataset(name, **options).split("train")
+    per_class = num // 10
+    index = torch.cat([torch.nonzero(train_set.labels == c).flatten()[:per_class] for c in range(10)])
+    labels = train_set.labels[index]
+    out = {"num": len(index), "real_train_images": measure.metrics(train_set.images[index].float(), labels,
+                                                                   ("val",), spread=False)["val"]["fd"]}
+    if measure.vae is not None:
+        cache = work / testbed.name / "cache"
+        cached_labels = torch.from_numpy(np.load(cache / "labels.npy"))
+        if not torch.equal(cached_labels.long(), train_set.labels.long()):
+            raise ValueError(f"the latent cache {cache} does not hold the training split in order; rebuild it "
+                             "with `claims prepare-latents`")
+        latents = torch.from_numpy(np.load(cache / "latents.npy")).float()[index]
+        decoded = decode_latents(latents, measure.vae[0], measure.vae[1]).clamp(-1, 1)
+        out["vae_reconstructions"] = measure.metrics(decoded, labels, ("val",), spread=False)["val"]["fd"]
+    write_json(path, out)
+    return out
+
+
+def plot_curves(curves: dict[str, list[dict]], floors: dict[str, Any], title: str, path: Path) -> Path:
+    """Val FD vs training iteration of each run's curve, with the floors of :func:`reference_floors`."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run, history in curves.items():
+        ax.plot([e["iteration"] for e in history], [e["fd"] for e in history], "-o", markersize=3, label=run)
+    for key, style in (("vae_reconstructions", ":"), ("real_train_images", "--")):
+        if key in floors:
+            ax.axhline(floors[key], color="gray", linestyle=style,
+                       label=f"{key.replace('_', ' ')} ({floors['num']}): {floors[key]:.1f}")
+    ax.set(xlabel="training iteration", ylabel="val FD (log scale)", yscale="log",
+           title=f"{title}: FD during training (8 NFE)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 # ----- timing ----------------------------------------------------------------------------------------------
 def time_pair(args) -> None:
     """Seconds per training iteration of the testbed's two recipes, in alternating blocks on one process."""
@@ -945,17 +990,22 @@ def report(args) -> None:
         if earlier:
             payload["testbeds"][name]["earlier_budgets"] = earlier
         if velocity:
+            at = velocity.get("iterations")
             md.append(f"\nMean-velocity error (MSE of the predicted mean velocity against noise - x0 on "
-                      f"{velocity['num']} val images, true labels) and the GMFlow GM's own variance (averaged "
-                      "per element) over that error:\n\n| sigma | GMFlow | FM | GMFlow / FM | GM variance / "
-                      "GMFlow error |\n|---:|---:|---:|---:|---:|\n" + "".join(
+                      f"{velocity['num']} val images, true labels"
+                      + (f"; checkpoints at {at['gmflow']:,} / {at['fm']:,} iterations" if at else "")
+                      + ") and the GMFlow GM's own variance (averaged per element) over that error:\n\n"
+                      "| sigma | GMFlow | FM | GMFlow / FM | GM variance / GMFlow error |\n"
+                      "|---:|---:|---:|---:|---:|\n" + "".join(
                           f"| {r['sigma']} | {r['gmflow']:.4f} | {r['fm']:.4f} | {r['gmflow_over_fm']:.2f} | "
                           f"{r.get('gm_variance_over_error', float('nan')):.2f} |\n" for r in velocity["rows"]))
         probe_file = args.work_dir / name / "reweighting.json"
         if probe_file.is_file():
             probe = json.loads(probe_file.read_text())
             payload["testbeds"][name]["reweighting_probe"] = probe
-            md.append(f"\nWhat a GM reweighting does ({probe['num']} val-seed samples; `probe-reweighting`): "
+            md.append(f"\nWhat a GM reweighting does ({probe['num']} val-seed samples"
+                      + (f", checkpoint at {probe['iteration']:,} iterations" if "iteration" in probe else "")
+                      + "; `probe-reweighting`): "
                       "per call, the share of the GM's variance its mean shift takes, and the mean per-pixel entropy "
                       "(nats) of "
                       "the component weights before -> after; `gmode2_N` is the 2nd-order correction (unguided), "
@@ -991,12 +1041,19 @@ def report(args) -> None:
                           f"{v['solver']} |\n" for m, v in seeds.items()))
         if curves:
             steps = sorted({e["iteration"] for c in curves.values() for e in c})
+            floors = reference_floors(testbed, args.work_dir)
+            curve_png = plot_curves(curves, floors, name, out / f"claims_{name}_curve.png")
+            payload["testbeds"][name]["curve_floors"] = floors
             md.append("\nTraining curve (`claims curve`: val FD after each chunk, 500 samples, the recipe's solver at "
-                      "8 NFE):\n\n| run | " + " | ".join(f"{s:,} it" for s in steps) + " |\n|---|"
-                      + "---:|" * len(steps)
+                      "8 NFE), and its scale: the same FD of " + " and of ".join(
+                          f"{floors['num']} {k.replace('_', ' ')}: {floors[k]:.1f}"
+                          for k in ("real_train_images", "vae_reconstructions") if k in floors)
+                      + " (what a perfect model would score):\n\n| run | " + " | ".join(f"{s:,} it" for s in steps)
+                      + " |\n|---|" + "---:|" * len(steps)
                       + "\n" + "".join(f"| {m} | " + " | ".join(
                           next((f"{e['fd']:.1f}" for e in c if e["iteration"] == s), "") for s in steps) + " |\n"
-                          for m, c in curves.items()))
+                          for m, c in curves.items())
+                      + f"\n![{name} training curve]({curve_png.name})\n")
         diagnostics = load_points(gm_dir, "diag_")
         if diagnostics:
             md.append("\nDiagnostic points (val split, not eligible for any target): `diag_meanode_euler_N` is the "
