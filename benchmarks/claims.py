@@ -512,10 +512,11 @@ def plot_curves(curves: dict[str, list[dict]], floors: dict[str, Any], title: st
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for run, history in curves.items():
         ax.plot([e["iteration"] for e in history], [e["fd"] for e in history], "-o", markersize=3, label=run)
-    for key, style in (("vae_reconstructions", ":"), ("real_train_images", "--")):
+    for key, label, style in (("vae_reconstructions", "VAE reconstructions", ":"),
+                              ("real_train_images", "real training images", "--")):
         if key in floors:
             ax.axhline(floors[key], color="gray", linestyle=style,
-                       label=f"{key.replace('_', ' ')} ({floors['num']}): {floors[key]:.1f}")
+                       label=f"{label} ({floors['num']}): {floors[key]:.1f}")
     ax.set(xlabel="training iteration", ylabel="val FD (log scale)", yscale="log",
            title=f"{title}: FD during training (8 NFE)")
     ax.grid(alpha=0.3)
