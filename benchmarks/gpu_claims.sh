@@ -84,7 +84,7 @@ export PYTHONPATH=$here:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 DEV=${DEVICE:-cuda}
 BUDGET=${BUDGET:-520}              # seconds from the start until every process is stopped and the results packed
 TRAIN_BUDGET=${TRAIN_BUDGET:-400}  # a training still running then is stopped (checkpoint kept, not evaluated)
-LATENT_ITERATIONS=${LATENT_ITERATIONS:-3000}  # the recipe's; the latent runs train in chunks, a val FD after each
+LATENT_ITERATIONS=${LATENT_ITERATIONS:-9000}  # the latent plateau (seed 0's curve); chunks, a val FD after each
 LATENT_EVERY=${LATENT_EVERY:-1000}
 L=outputs/gpu_claims/logs
 rm -rf $L; mkdir -p $L
@@ -123,7 +123,9 @@ job() {  # testbed variant seed: train (latent: in chunks), slim, evaluate
   local log=$L/${1}_${2}_s$3
   [ $tb = unet ] && name=$v  # one seed (the recipe's), named without it
   local dir=$(folder $tb $name)
-  rm -rf $dir  # a stale folder (points, curve) of a run without a finished checkpoint
+  # A stale folder (points, curve) of a run without a finished checkpoint, but what an earlier budget measured
+  # (points_it<iteration>/, log_it<iteration>.csv) stays.
+  [ -d $dir ] && find $dir -mindepth 1 -maxdepth 1 ! -name 'points_it*' ! -name '*_it*.csv' -exec rm -rf {} +
   if [ $tb = unet ]; then
     timeout $(left $TRAIN_BUDGET) $UNET train $v ${ITERATIONS:+--iterations $ITERATIONS} > $log.train 2>&1
   elif [ $tb = mnist_latent ]; then
