@@ -820,11 +820,14 @@ def pair_budget(gm_dir: Path, fm_dir: Path) -> int | None:
     return gm if gm == fm else None
 
 
+def archived_steps(folder: Path) -> set[int]:
+    """The training steps whose points :func:`archive_points` keeps in ``folder/points_it<step>/``."""
+    return {int(d.name.removeprefix("points_it")) for d in folder.glob("points_it*") if d.is_dir()}
+
+
 def earlier_budgets(gm_dir: Path, fm_dir: Path, budget: int | None) -> list[int]:
-    """The earlier training steps at which both runs of a pair have archived points (``points_it<step>``)."""
-    steps = [{int(d.name.removeprefix("points_it")) for d in folder.glob("points_it*") if d.is_dir()}
-             for folder in (gm_dir, fm_dir)]
-    return sorted((steps[0] & steps[1]) - {budget})
+    """The earlier training steps at which both runs of a pair have archived points."""
+    return sorted((archived_steps(gm_dir) & archived_steps(fm_dir)) - {budget})
 
 
 def seeds_at(name: str, work: Path, testbed: Testbed, step: int | None) -> dict[int, tuple[dict, dict, dict]]:
@@ -838,9 +841,13 @@ def seeds_at(name: str, work: Path, testbed: Testbed, step: int | None) -> dict[
     return out
 
 
+def fmt(v: Any) -> str:
+    """A table cell: floats to 4 decimals, None empty."""
+    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
 def targets_md(targets: dict[str, Any]) -> str:
     """Markdown table of combined targets (:func:`combine_seeds`) with each seed's own verdict."""
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     md = ("| target | GMFlow / PG | FM / CFG | spread | met | significant | per seed (value vs bound: met) |\n"
           "|---|---:|---:|---:|---|---|---|\n")
     for tid, t in targets.items():
@@ -978,7 +985,6 @@ def report(args) -> None:
         md.append(f"\nTargets over the seeds evaluated ({', '.join(str(s) for s in per_seed)}): mean value and bound, "
                   "spread from the bootstrap and the seed-to-seed scatter of the difference, and each seed's "
                   "own verdict.\n\n" + targets_md(targets))
-        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
         earlier = {}
         for step in earlier_budgets(gm_dir, fm_dir, budget):
             earlier_seeds = seeds_at(name, args.work_dir, testbed, step)
@@ -1089,6 +1095,7 @@ def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
     further) by the same targets as the pair: what it changes, its test rows and its verdicts; ``baseline``
     holds the pair's rows at that budget."""
     out: dict[str, Any] = {}
+    baselines: dict[tuple[int, int], dict[str, Any]] = {}  # (seed, step) -> the pair's rows, shared by its levers
     for variant, (_, overrides) in VARIANTS.items():
         if variant in ("gmflow", "fm"):
             continue
@@ -1100,13 +1107,15 @@ def lever_results(name: str, work: Path, testbed: Testbed) -> dict[str, Any]:
             step = info["iterations"]
             gm_pair, fm_pair = (run_dir(work, testbed, f"{m}_s{seed}") for m in ("gmflow", "fm"))
             rows, targets, table4 = pair_results(name, folder, fm_pair, step=step)
-            base_rows, _, base4 = pair_results(name, gm_pair, fm_pair, step=step)
+            if (seed, step) not in baselines:
+                base_rows, _, base4 = pair_results(name, gm_pair, fm_pair, step=step)
+                baselines[seed, step] = {"table": base_rows, "table4": base4}
             out[f"{variant}_s{seed}"] = {"changes": overrides, "seed": seed, "params": info["params"],
                                          "iterations": step,
                                          "table": {k: v for k, v in rows.items() if k.startswith("gmflow")},
                                          "table4": {k: v for k, v in table4.items() if k.startswith("gmflow")},
                                          "targets_against_fm": targets,
-                                         "baseline": {"table": base_rows, "table4": base4}}
+                                         "baseline": baselines[seed, step]}
     return out
 
 
@@ -1187,14 +1196,10 @@ def carry_over(previous: dict, name: str, steps: dict[str, int | None]) -> tuple
 def solver_history(folder: Path) -> dict[int, dict[int, dict[str, Any]]]:
     """{iteration: {nfe: best unguided val point (fd, solver)}} over the current points and the archived ones
     (``points_it<iteration>``, kept when a run was trained further)."""
-    sets = {int(d.name.removeprefix("points_it")): [json.loads(f.read_text()) for f in d.glob("val_*.json")]
-            for d in folder.glob("points_it*") if d.is_dir()}
-    step = checkpoint_step(folder)
-    if step is not None:
-        sets.setdefault(step, []).extend(load_points(folder, "val_"))
+    steps = archived_steps(folder) | ({step} if (step := checkpoint_step(folder)) is not None else set())
     out: dict[int, dict[int, dict[str, Any]]] = {}
-    for iteration, points in sets.items():
-        for p in points:
+    for iteration in steps:
+        for p in load_points(folder, "val_", iteration):
             if p["guidance"] is None:
                 best = out.setdefault(iteration, {}).get(p["nfe"])
                 if best is None or p["val"]["fd"] < best["fd"]:
