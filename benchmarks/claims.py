@@ -209,6 +209,7 @@ class Measure:
         out = {} if labels is None else {"accuracy": float((predictions == labels).double().mean())}
         if images.shape[1] == 3:
             out["saturation"] = hsv_saturation((images + 1) / 2)
+            out["saturation_sd"] = saturation_sd(images, len(images))
             out["saturation_real"] = self.real["test"]["saturation"]
         g = torch.Generator().manual_seed(0)
         for split in splits:
@@ -224,6 +225,25 @@ class Measure:
                           "fd_sd": statistics.stdev(boot["fd"]) if spread else None,
                           "precision_sd": statistics.stdev(boot["precision"]) if spread else None}
         return out
+
+
+def saturation_sd(images: torch.Tensor, num: int) -> float:
+    """Standard error of the mean HSV saturation of ``num`` samples, from the per-image saturations of
+    ``images`` (N, 3, H, W) in [-1, 1]: all the samples, or a subset of them (the kept images of a point)."""
+    per_image = [hsv_saturation((x[None].float() + 1) / 2) for x in images]
+    return statistics.stdev(per_image) / math.sqrt(num)
+
+
+def kept_saturation_sd(folder: Path, p: dict[str, Any]) -> float | None:
+    """The saturation spread of a point: stored by newer points, else estimated from its kept images
+    (``<key>.npz`` beside the JSON, in ``points/`` or the archive of its training step)."""
+    if "saturation_sd" in p:
+        return p["saturation_sd"]
+    for d in (folder / "points", folder / f"points_it{p['iteration']}"):
+        if (path := d / f"{p['key']}.npz").is_file():
+            kept = torch.from_numpy(np.load(path)["images"]).float() / 127.5 - 1
+            return saturation_sd(kept, p["num_samples"])
+    return None
 
 
 def plan_for(trained, solver: str, nfe: int, guidance=None) -> SamplingPlan:
@@ -738,9 +758,22 @@ def combined_sd(a: float | None, b: float | None) -> float | None:
     return math.sqrt(a * a + b * b) if a is not None and b is not None else None
 
 
-def curve_dominance(pg: list[dict], cfg: list[dict]) -> tuple[bool | None, list[dict]]:
+def fd_sd_coefficient(folder: Path, nfe: int, step: int | None = None) -> float | None:
+    """c in FD sd ~ c * sqrt(FD): the median over the run's bootstrapped test points at ``nfe``. A sweep point
+    has no bootstrap of its own (val points only choose); at a fixed sample count the FD's spread grows
+    like its square root (its leading term is the mean difference seen through the sampling noise)."""
+    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
+    ratios = [p["test"]["fd_sd"] / math.sqrt(p["test"]["fd"]) for p in load_points(folder, "test_", step)
+              if p["nfe"] == nfe and p["solver"] == solver and p["test"].get("fd_sd") and p["test"]["fd"] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def curve_dominance(pg: list[dict], cfg: list[dict], pg_sd: float | None = None,
+                    cfg_sd: float | None = None) -> tuple[bool | None, list[dict]]:
     """Whether PG's FD <= CFG's at every precision both reach (test metrics of the sweeps, linear
-    interpolation of each curve's lower FD envelope)."""
+    interpolation of each curve's lower FD envelope). ``pg_sd`` / ``cfg_sd``: each side's
+    :func:`fd_sd_coefficient`; with both, each row gets an estimated spread of the difference and whether the
+    difference exceeds twice it."""
     if len(pg) < 2 or len(cfg) < 2:
         return None, []
 
@@ -754,9 +787,13 @@ def curve_dominance(pg: list[dict], cfg: list[dict]) -> tuple[bool | None, list[
     lo, hi = max(xp.min(), xc.min()), min(xp.max(), xc.max())
     if lo >= hi:
         return None, []
-    grid = np.linspace(lo, hi, 9)
-    rows = [{"precision": float(x), "pg_fd": float(np.interp(x, xp, yp)), "cfg_fd": float(np.interp(x, xc, yc))}
-            for x in grid]
+    rows = []
+    for x in np.linspace(lo, hi, 9):
+        row = {"precision": float(x), "pg_fd": float(np.interp(x, xp, yp)), "cfg_fd": float(np.interp(x, xc, yc))}
+        if pg_sd is not None and cfg_sd is not None:
+            row["spread"] = math.hypot(pg_sd * math.sqrt(row["pg_fd"]), cfg_sd * math.sqrt(row["cfg_fd"]))
+            row["significant"] = bool(abs(row["pg_fd"] - row["cfg_fd"]) > 2 * row["spread"])
+        rows.append(row)
     return all(r["pg_fd"] <= r["cfg_fd"] for r in rows), rows
 
 
@@ -791,19 +828,27 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
             best_p = best_precision_point(folder, nfe, step=step)
             entry = {"best_fd": min(p["test"]["fd"] for p in tests),
                      "best_precision": best_p["test"]["precision"] if best_p else None,
+                     "best_precision_sd": best_p["test"]["precision_sd"] if best_p else None,
                      "guidance_at_best_precision": best_p["guidance"] if best_p else None}
             if best_p and "saturation" in best_p:
                 entry["saturation_minus_real_at_best_precision"] = best_p["saturation"] - best_p["saturation_real"]
+                entry["saturation_sd_at_best_precision"] = kept_saturation_sd(folder, best_p)
             table4[f"{m} NFE {nfe}"] = entry
     if name == "colored_mnist":
         for nfe in swept or GUIDANCE_NFES:
             pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
-            targets[f"T3_precision_nfe{nfe}"] = target(pg and pg["best_precision"], cfg and cfg["best_precision"],
-                                                       "higher")
+            targets[f"T3_precision_nfe{nfe}"] = target(
+                pg and pg["best_precision"], cfg and cfg["best_precision"], "higher",
+                combined_sd(pg and pg["best_precision_sd"], cfg and cfg["best_precision_sd"]))
             sat = lambda e: abs(e["saturation_minus_real_at_best_precision"]) if e and \
                 "saturation_minus_real_at_best_precision" in e else None  # noqa: E731
-            targets[f"T3_saturation_nfe{nfe}"] = target(sat(pg), sat(cfg), "lower")
-            dominated, curve_rows = curve_dominance(sweep(gm_dir, nfe, step=step), sweep(fm_dir, nfe, step=step))
+            sat_sd = lambda e: e.get("saturation_sd_at_best_precision") if e else None  # noqa: E731
+            # The real images' saturation is common to both sides, so its own spread is left out.
+            targets[f"T3_saturation_nfe{nfe}"] = target(sat(pg), sat(cfg), "lower",
+                                                        combined_sd(sat_sd(pg), sat_sd(cfg)))
+            dominated, curve_rows = curve_dominance(
+                sweep(gm_dir, nfe, step=step), sweep(fm_dir, nfe, step=step),
+                fd_sd_coefficient(gm_dir, nfe, step), fd_sd_coefficient(fm_dir, nfe, step))
             targets[f"T3_fd_at_equal_precision_nfe{nfe}"] = {
                 "value": curve_rows, "bound": "CFG's FD at each precision both curves reach", "better": "lower",
                 "met": dominated}
@@ -854,11 +899,25 @@ def targets_md(targets: dict[str, Any]) -> str:
         per = "; ".join(f"s{k}: " + (f"{fmt(e['value'])} vs {fmt(e['bound'])}: " if "bound" in e else "")
                         + str(e["met"]) for k, e in t.get("seeds", {}).items())
         if isinstance(t["value"], (list, dict)):
-            md += f"| {tid} | curve | CFG's curve | | {t['met']} | | {per} |\n"
+            md += f"| {tid} | curve | CFG's curve | per row | {t['met']} | | {curve_summary(t['value'])} |\n"
         else:
             md += (f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {fmt(t.get('spread'))} | {t['met']} | "
                    f"{t.get('significant', '')} | {per} |\n")
     return md
+
+
+def curve_summary(value: dict[str, list[dict]] | list[dict]) -> str:
+    """Per seed: at how many of the compared precisions PG's FD is above / below CFG's, and how many of those
+    gaps exceed twice their estimated spread (:func:`curve_dominance`)."""
+    per_seed = value if isinstance(value, dict) else {"0": value}
+    parts = []
+    for seed, rows in per_seed.items():
+        above = [r for r in rows if r["pg_fd"] > r["cfg_fd"]]
+        below = [r for r in rows if r["pg_fd"] <= r["cfg_fd"]]
+        sig = lambda rs: sum(bool(r.get("significant")) for r in rs)  # noqa: E731
+        parts.append(f"s{seed}: PG's FD above CFG's at {len(above)} of {len(rows)} precisions ({sig(above)} "
+                     f"significant), at or below at {len(below)} ({sig(below)} significant)")
+    return "; ".join(parts)
 
 
 def pair_tables_md(rows: dict, table4: dict, suffix: str) -> str:
