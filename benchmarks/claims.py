@@ -762,9 +762,10 @@ def fd_sd_coefficient(folder: Path, nfe: int, step: int | None = None) -> float 
     """c in FD sd ~ c * sqrt(FD): the median over the run's bootstrapped test points at ``nfe``. A sweep point
     has no bootstrap of its own (val points only choose); at a fixed sample count the FD's spread grows
     like its square root (its leading term is the mean difference seen through the sampling noise)."""
-    solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
-    ratios = [p["test"]["fd_sd"] / math.sqrt(p["test"]["fd"]) for p in load_points(folder, "test_", step)
-              if p["nfe"] == nfe and p["solver"] == solver and p["test"].get("fd_sd") and p["test"]["fd"] > 0]
+    unguided = test_point(folder, nfe, step=step)
+    tests = guided_tests(folder, nfe, step=step) + ([unguided] if unguided else [])
+    ratios = [p["test"]["fd_sd"] / math.sqrt(p["test"]["fd"]) for p in tests
+              if p["test"].get("fd_sd") and p["test"]["fd"] > 0]
     return statistics.median(ratios) if ratios else None
 
 
