@@ -234,16 +234,26 @@ def saturation_sd(images: torch.Tensor, num: int) -> float:
     return statistics.stdev(per_image) / math.sqrt(num)
 
 
+def point_dirs(folder: Path, step: int) -> tuple[Path, Path]:
+    """Where the points of ``folder`` measured at training step ``step`` live: ``points/`` (those of the
+    current checkpoint) and ``points_it<step>/`` (the archive :func:`archive_points` keeps of an earlier one)."""
+    return folder / "points", folder / f"points_it{step}"
+
+
+def kept_images(folder: Path, p: dict[str, Any]) -> torch.Tensor | None:
+    """The images a point kept (``<key>.npz`` beside its JSON), (N, C, H, W) in [-1, 1]; None if absent."""
+    for d in point_dirs(folder, p["iteration"]):
+        if (path := d / f"{p['key']}.npz").is_file():
+            return torch.from_numpy(np.load(path)["images"]).float() / 127.5 - 1
+    return None
+
+
 def kept_saturation_sd(folder: Path, p: dict[str, Any]) -> float | None:
-    """The saturation spread of a point: stored by newer points, else estimated from its kept images
-    (``<key>.npz`` beside the JSON, in ``points/`` or the archive of its training step)."""
+    """The saturation spread of a point: stored by newer points, else estimated from its kept images."""
     if "saturation_sd" in p:
         return p["saturation_sd"]
-    for d in (folder / "points", folder / f"points_it{p['iteration']}"):
-        if (path := d / f"{p['key']}.npz").is_file():
-            kept = torch.from_numpy(np.load(path)["images"]).float() / 127.5 - 1
-            return saturation_sd(kept, p["num_samples"])
-    return None
+    kept = kept_images(folder, p)
+    return None if kept is None else saturation_sd(kept, p["num_samples"])
 
 
 def plan_for(trained, solver: str, nfe: int, guidance=None) -> SamplingPlan:
@@ -429,7 +439,7 @@ def archive_points(folder: Path) -> None:
         iteration = json.loads(path.read_text()).get("iteration")
         if iteration is None or iteration == step:
             continue
-        archive = folder / f"points_it{iteration}"
+        archive = point_dirs(folder, iteration)[1]
         archive.mkdir(exist_ok=True)
         for f in (path.with_suffix(".npz"), path):  # the JSON last: it is what marks a point as measured
             if f.is_file():
@@ -440,7 +450,7 @@ def load_points(folder: Path, prefix: str, step: int | None = None) -> list[dict
     """The points of ``folder`` whose key starts with ``prefix``, measured at training step ``step`` (default:
     the current checkpoint; an earlier step reads the points archived by :func:`archive_points`)."""
     step = checkpoint_step(folder) if step is None else step
-    files = [*(folder / "points").glob(f"{prefix}*.json"), *(folder / f"points_it{step}").glob(f"{prefix}*.json")]
+    files = [f for d in point_dirs(folder, step) for f in d.glob(f"{prefix}*.json")]
     points = (json.loads(p.read_text()) for p in sorted(files, key=lambda f: f.name))
     return [p for p in points if p.get("iteration") == step]
 
@@ -1315,7 +1325,7 @@ def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | 
         return None
     halves = []
     for folder, b in zip((gm_dir, fm_dir), best):
-        images = torch.from_numpy(np.load(folder / "points" / f"{b['key']}.npz")["images"]).float() / 127.5 - 1
+        images = kept_images(folder, b)
         halves.append(images.reshape(10, -1, *images.shape[1:])[:, :5])
     grid = torch.cat(halves, dim=1).reshape(-1, *halves[0].shape[2:])
     def describe(b):
