@@ -31,7 +31,8 @@ W=${WORK_DIR:-benchmarks/runs/claims}
 UW=${UNET_WORK_DIR:-benchmarks/runs/unet}
 UNET_RUNS=${UNET_RUNS-gmflow fm}  # the U-Net pair (unconditional, colour testbed); UNET_RUNS= leaves it out
 ALL_RUNS="colored_mnist:gmflow:0 colored_mnist:fm:0 colored_mnist:gmflow:1 colored_mnist:fm:1 mnist:gmflow:1 mnist:fm:1
-mnist_latent:gmflow:0 mnist_latent:fm:0 mnist_latent:gmflow:1 mnist_latent:fm:1 mnist:gmflow:0 mnist:fm:0"
+mnist_latent:gmflow:0 mnist_latent:fm:0 mnist_latent:gmflow:1 mnist_latent:fm:1 mnist:gmflow:0 mnist:fm:0
+mnist:gmflow_draws8:0 colored_mnist:gmflow_draws8:0"  # the last two: a GMFlow lever at equal cost per pixel testbed
 # Python: the project's venv here (prepare), the machine's python3 there.
 [ "${1:-run}" = prepare ] && PY=${PYTHON:-.venv/bin/python} || PY=${PYTHON:-python3}
 slim16() {  # slim16 RUN_OR_FILE OUT: its float16 EMA weights (gmfm.training.slim_checkpoint)
