@@ -20,7 +20,8 @@ Protocol (paper Sec. 4, Tables 2-4, at this scale):
   choose the solver) with per-sample seeds,
   measured in the features of a small CNN trained on the testbed's training images (FD, precision /
   recall with k = 3, class accuracy, HSV saturation), test points with a bootstrap spread (resampling
-  both sets);
+  both sets; the real set's resamples are the same for every point, and the replicates are kept, so that the
+  difference of two points gets a paired spread; ``evaluate --stages replicates`` adds them to older points);
 - choices are made on the validation split (50 digits per class) with sampling seed 1; what is reported
   comes from the test split (another 50 per class) with fresh samples (seed 2). No choice sees the test split;
 - NFE 4, 6, 8, 16, 32; GMFlow solvers gmode2, gmsde2 (spectral sampling), gmsde2 without it and the
@@ -211,20 +212,41 @@ class Measure:
             out["saturation"] = hsv_saturation((images + 1) / 2)
             out["saturation_sd"] = saturation_sd(images, len(images))
             out["saturation_real"] = self.real["test"]["saturation"]
-        g = torch.Generator().manual_seed(0)
         for split in splits:
             real = self.real[split]["features"]
             precision, recall = precision_recall(real, features)
-            boot = {"fd": [], "precision": []}
-            for _ in range(self.bootstrap if spread else 0):
-                a = real[torch.randint(0, len(real), (len(real),), generator=g)]
-                b = features[torch.randint(0, len(features), (len(features),), generator=g)]
-                boot["fd"].append(frechet_distance(a, b))
-                boot["precision"].append(precision_recall(a, b)[0])
             out[split] = {"fd": frechet_distance(real, features), "precision": precision, "recall": recall,
-                          "fd_sd": statistics.stdev(boot["fd"]) if spread else None,
-                          "precision_sd": statistics.stdev(boot["precision"]) if spread else None}
+                          **(bootstrap_spread(real, features, self.bootstrap) if spread else
+                             {"fd_sd": None, "precision_sd": None})}
         return out
+
+
+def bootstrap_spread(real: torch.Tensor, features: torch.Tensor, replicates: int) -> dict[str, Any]:
+    """Bootstrap spread of FD and precision between ``real`` (M, D) and generated ``features`` (N, D): both
+    sets resampled ``replicates`` times. The real set's resamples come from a generator of their own with a
+    fixed seed, so replicate i resamples the real set in the same way for every point measured against it;
+    the replicates are kept (``fd_boot``, ``precision_boot``) so that the difference of two points gets a paired
+    spread (:func:`difference_sd`), in which the noise of the shared real set cancels."""
+    real_g, fake_g = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    boot: dict[str, list[float]] = {"fd": [], "precision": []}
+    for _ in range(replicates):
+        a = real[torch.randint(0, len(real), (len(real),), generator=real_g)]
+        b = features[torch.randint(0, len(features), (len(features),), generator=fake_g)]
+        boot["fd"].append(frechet_distance(a, b))
+        boot["precision"].append(precision_recall(a, b)[0])
+    return {"fd_sd": statistics.stdev(boot["fd"]), "precision_sd": statistics.stdev(boot["precision"]),
+            "fd_boot": boot["fd"], "precision_boot": boot["precision"]}
+
+
+def difference_sd(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str = "fd") -> tuple[float | None, bool]:
+    """(spread of ``a`` - ``b`` in ``metric`` on the test split, paired): the standard deviation of the
+    replicate-wise difference where both points kept their bootstrap replicates (:func:`bootstrap_spread`), else
+    the two spreads combined as if independent (paired False); None where either spread is missing."""
+    x = a and a["test"].get(f"{metric}_boot")
+    y = b and b["test"].get(f"{metric}_boot")
+    if x and y and len(x) == len(y):
+        return statistics.stdev(u - v for u, v in zip(x, y)), True
+    return combined_sd(a and a["test"][f"{metric}_sd"], b and b["test"][f"{metric}_sd"]), False
 
 
 def saturation_sd(images: torch.Tensor, num: int) -> float:
@@ -316,6 +338,28 @@ def point(measure: Measure, trained, folder: Path, key: str, solver: str, nfe: i
     return result
 
 
+def remeasure(measure: Measure, trained, folder: Path, p: dict[str, Any]) -> dict[str, Any]:
+    """Sample the test point ``p`` again (per-sample seeds: the same images) and store its metrics with the
+    bootstrap replicates (:func:`bootstrap_spread`) and the metrics it had (``before_remeasure``). Its FD must
+    come out as stored up to float noise (1%, where fresh samples would move it by about its spread, 20-30%;
+    the thread count changes the rounding, which a stochastic sampler carries along); if not, the point is left
+    as it was and the error names it."""
+    path = folder / "points" / f"{p['key']}.json"
+    if p["iteration"] != trained.checkpoint.step or p.get("temperature") is not None:
+        raise ValueError(f"{path}: only a test point of the current checkpoint can be re-measured")
+    plan = plan_for(trained, p["solver"], p["nfe"], guidance_from_dict(p["guidance"]))
+    images, labels = measure.images(trained, plan, p["num_samples"], p["seed"])
+    again = measure.metrics(images, labels, ("test",), spread=True)
+    if not math.isclose(again["test"]["fd"], p["test"]["fd"], rel_tol=1e-2, abs_tol=1e-2):
+        raise RuntimeError(f"{path}: re-sampled FD {again['test']['fd']:.4f} differs from the stored "
+                           f"{p['test']['fd']:.4f}: not the same samples (another checkpoint or sampler?)")
+    result = {**p, **again, "before_remeasure": {k: p["test"][k] for k in ("fd", "fd_sd", "precision", "precision_sd")}}
+    write_json(path, result)
+    print(p["key"], "re-measured: FD", f"{p['test']['fd']:.4f} -> {again['test']['fd']:.4f}", "sd",
+          f"{p['test']['fd_sd']:.3f} -> {again['test']['fd_sd']:.3f}", flush=True)
+    return result
+
+
 def guidance_dict(guidance) -> dict[str, float] | None:
     if isinstance(guidance, ProbabilisticGuidance):
         shaped = {"per_pixel_variance": True} if guidance.per_pixel_variance else {}  # old keys stay as they were
@@ -354,6 +398,7 @@ def evaluate(args) -> None:
     measure = Measure(testbed, args.work_dir, device=args.device)
     archive_points(folder)
     nfes = args.nfes or NFES
+    guided_nfes = GUIDANCE_NFES if args.guidance_nfes is None else args.guidance_nfes
     if "solvers" in args.stages:
         for nfe in nfes:
             for solver in solvers:
@@ -366,7 +411,7 @@ def evaluate(args) -> None:
                 point(measure, trained, folder, point_key("test", best[nfe], nfe), best[nfe], nfe, None,
                       args.num_samples, TEST_SEED)
     if "guidance" in args.stages:
-        for nfe in args.guidance_nfes or GUIDANCE_NFES:
+        for nfe in guided_nfes:
             if not best.get(nfe):
                 continue
             for g in sweep_guidances(method, args.pg_scales, args.cfg_scales, args.orthogonal):
@@ -378,6 +423,16 @@ def evaluate(args) -> None:
                     g = guidance_from_dict(chosen["guidance"])
                     point(measure, trained, folder, point_key("test", best[nfe], nfe, g), best[nfe], nfe, g,
                           args.num_samples, TEST_SEED)
+    if "replicates" in args.stages:
+        # Test points measured before the bootstrap kept its replicates, those a target reads (unguided at
+        # ``nfes``, the best-precision guided point at ``guidance_nfes``): the same samples again, so that their
+        # differences get a paired spread.
+        for nfe in nfes:
+            if best.get(nfe) and (p := test_point(folder, nfe)) and "fd_boot" not in p["test"]:
+                remeasure(measure, trained, folder, p)
+        for nfe in guided_nfes:
+            if best.get(nfe) and (p := best_precision_point(folder, nfe)) and "fd_boot" not in p["test"]:
+                remeasure(measure, trained, folder, p)
     if "diagnostics" in args.stages and method == "gmflow":
         # Val only, never eligible for a target: the network through the mean ODE (as FM is sampled), and the
         # chosen GM solver with a colder GM.
@@ -719,13 +774,17 @@ def run_info(folder: Path) -> dict[str, Any] | None:
     return info
 
 
-def target(value: float | None, bound: float | None, better: str, spread: float | None = None) -> dict[str, Any]:
+def target(value: float | None, bound: float | None, better: str, spread: float | None = None,
+           paired: bool = False) -> dict[str, Any]:
+    """A target entry; ``spread`` is the standard deviation of value - bound (``spread_paired``: from paired
+    bootstrap replicates, :func:`difference_sd`), and a difference beyond twice it is called significant."""
     if value is None or bound is None:
         return {"value": value, "bound": bound, "better": better, "met": None, "note": "not measured yet"}
     met = value <= bound if better == "lower" else value >= bound
     out = {"value": value, "bound": bound, "better": better, "met": bool(met)}
     if spread is not None:
         out["spread"] = spread
+        out["spread_paired"] = paired
         out["significant"] = bool(abs(value - bound) > 2 * spread)
     return out
 
@@ -822,12 +881,10 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
                                           "accuracy": p["accuracy"]}
         if nfe in (4, 6, 8):
             targets[f"T1_nfe{nfe}"] = target(gm["test"]["fd"] if gm else None, fm["test"]["fd"] if fm else None,
-                                             "lower", combined_sd(gm and gm["test"]["fd_sd"],
-                                                                  fm and fm["test"]["fd_sd"]))
+                                             "lower", *difference_sd(gm, fm))
     gm6, fm6 = best_precision_point(gm_dir, 6, step=step), best_precision_point(fm_dir, 6, step=step)
     targets["T2_precision_nfe6"] = target(gm6 and gm6["test"]["precision"], fm6 and fm6["test"]["precision"],
-                                          "higher", combined_sd(gm6 and gm6["test"]["precision_sd"],
-                                                                fm6 and fm6["test"]["precision_sd"]))
+                                          "higher", *difference_sd(gm6, fm6, "precision"))
     table4 = {}
     swept = guidance_nfes(gm_dir, fm_dir, step=step)
     for nfe in swept:
@@ -850,7 +907,8 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
             pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
             targets[f"T3_precision_nfe{nfe}"] = target(
                 pg and pg["best_precision"], cfg and cfg["best_precision"], "higher",
-                combined_sd(pg and pg["best_precision_sd"], cfg and cfg["best_precision_sd"]))
+                *difference_sd(best_precision_point(gm_dir, nfe, step=step),
+                               best_precision_point(fm_dir, nfe, step=step), "precision"))
             sat = lambda e: abs(e["saturation_minus_real_at_best_precision"]) if e and \
                 "saturation_minus_real_at_best_precision" in e else None  # noqa: E731
             sat_sd = lambda e: e.get("saturation_sd_at_best_precision") if e else None  # noqa: E731
@@ -864,9 +922,8 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
                 "value": curve_rows, "bound": "CFG's FD at each precision both curves reach", "better": "lower",
                 "met": dominated}
     gm8, gm32 = test_point(gm_dir, 8, step=step), test_point(gm_dir, 32, step=step)
-    targets["T4_nfe32_not_worse_than_nfe8"] = target(
-        gm32 and gm32["test"]["fd"], gm8 and gm8["test"]["fd"], "lower",
-        combined_sd(gm32 and gm32["test"]["fd_sd"], gm8 and gm8["test"]["fd_sd"]))
+    targets["T4_nfe32_not_worse_than_nfe8"] = target(gm32 and gm32["test"]["fd"], gm8 and gm8["test"]["fd"], "lower",
+                                                     *difference_sd(gm32, gm8))
     return rows, targets, table4
 
 
@@ -912,7 +969,8 @@ def targets_md(targets: dict[str, Any]) -> str:
         if isinstance(t["value"], (list, dict)):
             md += f"| {tid} | curve | CFG's curve | per row | {t['met']} | | {curve_summary(t['value'])} |\n"
         else:
-            md += (f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {fmt(t.get('spread'))} | {t['met']} | "
+            paired = " (paired)" if t.get("spread_paired") else ""
+            md += (f"| {tid} | {fmt(t['value'])} | {fmt(t['bound'])} | {fmt(t.get('spread'))}{paired} | {t['met']} | "
                    f"{t.get('significant', '')} | {per} |\n")
     return md
 
@@ -972,9 +1030,10 @@ def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             diffs = [e["value"] - e["bound"] for e in done.values()]
             scatter = statistics.variance(diffs) / n if n > 1 else 0.0
             spread = math.sqrt(sum(x * x for x in spreads) / n ** 2 + scatter)
-        entry = target(value, bound, better, spread)
+        entry = target(value, bound, better, spread, paired=all(e.get("spread_paired") for e in done.values()))
         entry["seeds"] = {str(s): {"value": e["value"], "bound": e["bound"], "met": e["met"],
-                                   **({"spread": e["spread"]} if "spread" in e else {})} for s, e in done.items()}
+                                   **{k: e[k] for k in ("spread", "spread_paired") if k in e}}
+                          for s, e in done.items()}
         entry["met_every_seed"] = all(e["met"] for e in done.values())
         out[tid] = entry
     return out
@@ -988,7 +1047,10 @@ def report(args) -> None:
           "Each testbed: GMFlow and its flow-matching twin with the same network trunk, data, iterations, batch, "
           "optimizer, schedule, EMA and seed (`configs/<testbed>_{gmflow,fm}.toml`). Choices on the validation "
           "split, numbers from the test split with fresh samples; spread = bootstrap standard deviation; a "
-          "difference is called significant when it exceeds twice the combined spread.\n\n"]
+          "difference is called significant when it exceeds twice the spread of the difference: paired (the "
+          "two points' bootstrap replicates share the resamples of the real test set, whose noise then cancels) "
+          "where both points kept their replicates, marked (paired), else the two spreads combined as if "
+          "independent.\n\n"]
     fig_rows = []
     previous = previous_report(out)
     for name, testbed in TESTBEDS.items():
@@ -1398,9 +1460,12 @@ def main() -> None:
     p.add_argument("testbed", choices=TESTBEDS)
     p.add_argument("run")
     p.add_argument("--stages", nargs="+", default=["solvers", "test", "guidance", "diagnostics"],
-                   choices=["solvers", "test", "guidance", "diagnostics"])
+                   choices=["solvers", "test", "guidance", "diagnostics", "replicates"],
+                   help="replicates: re-measure the test points that targets read and that predate kept "
+                        "bootstrap replicates (the same samples), for paired spreads")
     p.add_argument("--nfes", type=int, nargs="+", default=None)
-    p.add_argument("--guidance-nfes", type=int, nargs="+", default=None)
+    p.add_argument("--guidance-nfes", type=int, nargs="*", default=None, help="NFEs of the guidance sweeps "
+                   f"(default: {' '.join(map(str, GUIDANCE_NFES))}; none: --guidance-nfes alone)")
     p.add_argument("--pg-scales", type=float, nargs="+", default=PG_SCALES)
     p.add_argument("--cfg-scales", type=float, nargs="+", default=CFG_SCALES)
     p.add_argument("--orthogonal", type=float, nargs="+", default=[1.0, 0.0])

@@ -72,3 +72,31 @@ def test_fd_sd_coefficient_is_the_median_over_the_chosen_solvers_test_points(tmp
         (run / "points" / f"{key}.json").write_text(json.dumps(body))
     assert claims.fd_sd_coefficient(run, 8) == pytest.approx(3.0)
     assert claims.fd_sd_coefficient(run, 6) is None
+
+
+def test_paired_bootstrap_shares_the_real_resamples_so_their_noise_cancels():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 4, generator=g)
+    near, far = torch.randn(300, 4, generator=g) + 0.1, torch.randn(300, 4, generator=g) + 0.5
+    a, b = claims.bootstrap_spread(real, near, 20), claims.bootstrap_spread(real, far, 20)
+    assert len(a["fd_boot"]) == 20 and a["fd_sd"] == pytest.approx(float(np.std(a["fd_boot"], ddof=1)))
+    point = lambda s: {"test": s}  # noqa: E731
+    # The same generated set against itself: every replicate resamples both sides identically.
+    assert claims.difference_sd(point(a), point(claims.bootstrap_spread(real, near, 20))) == (0.0, True)
+    paired, is_paired = claims.difference_sd(point(a), point(b))
+    assert is_paired and paired == pytest.approx(float(np.std(np.subtract(a["fd_boot"], b["fd_boot"]), ddof=1)))
+    # Points without replicates (measured before they were kept) fall back to the independent combination.
+    old = {k: v for k, v in b.items() if not k.endswith("_boot")}
+    assert claims.difference_sd(point(a), point(old)) == (pytest.approx(math.hypot(a["fd_sd"], b["fd_sd"])), False)
+    assert claims.difference_sd(point(a), None) == (None, False)
+    precision, _ = claims.difference_sd(point(a), point(b), "precision")
+    assert precision == pytest.approx(float(np.std(np.subtract(a["precision_boot"], b["precision_boot"]), ddof=1)))
+
+
+def test_a_target_says_whether_its_spread_is_paired_and_seeds_keep_it():
+    t = claims.target(10.0, 14.0, "lower", 1.5, paired=True)
+    assert t["met"] and t["significant"] and t["spread_paired"]
+    combined = claims.combine_seeds({0: {"T1": t}, 1: {"T1": claims.target(12.0, 13.0, "lower", 2.0)}})["T1"]
+    assert combined["spread_paired"] is False  # one seed's spread is not paired
+    assert combined["seeds"]["0"]["spread_paired"] is True and combined["seeds"]["1"]["spread_paired"] is False
+    assert "(paired)" in claims.targets_md({"T1": t}) and "(paired)" not in claims.targets_md({"T1": combined})
