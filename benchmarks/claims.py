@@ -1402,14 +1402,19 @@ def comparison_grid(name: str, gm_dir: Path, fm_dir: Path, out: Path) -> Path | 
 
 def plot(rows, path: Path) -> Path | None:
     """FD vs precision of the guidance sweeps (test metrics of the val-seed samples), PG and CFG on one plot
-    per testbed and NFE."""
-    panels = [(name, nfe, gm, fm) for name, gm, fm in rows for nfe in guidance_nfes(gm, fm)]
-    if not panels:
+    per testbed (a row) and NFE (a column)."""
+    grid = [[(name, nfe, gm, fm) for nfe in guidance_nfes(gm, fm)] for name, gm, fm in rows]
+    grid = [row for row in grid if row]
+    if not grid:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    ncols = max(len(row) for row in grid)
+    fig, axes = plt.subplots(len(grid), ncols, figsize=(4.2 * ncols, 3.8 * len(grid)), squeeze=False)
+    for i, row in enumerate(grid):
+        for ax in axes[i][len(row):]:
+            ax.axis("off")
     colors = {1.0: "tab:blue", 0.0: "tab:orange", None: "tab:green"}  # the same series, the same colour
-    for ax, (name, nfe, gm, fm) in zip(axes[0], panels):
+    for ax, (name, nfe, gm, fm) in ((ax, panel) for axs, row in zip(axes, grid) for ax, panel in zip(axs, row)):
         for folder, label, style in ((gm, "GMFlow, probabilistic guidance", "-o"), (fm, "FM, CFG", "--s")):
             for orth in ((1.0, 0.0) if folder is gm else (None,)):
                 pts = [p for p in sweep(folder, nfe)
