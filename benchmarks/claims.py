@@ -809,6 +809,12 @@ def guided_tests(folder: Path, nfe: int, step: int | None = None) -> list[dict[s
             if p["nfe"] == nfe and p["solver"] == solver and p["guidance"] is not None]
 
 
+def reported_tests(folder: Path, nfe: int, step: int | None = None) -> list[dict[str, Any]]:
+    """Every test point of the chosen solver at ``nfe``: the guided ones and the unguided one."""
+    unguided = test_point(folder, nfe, step=step)
+    return guided_tests(folder, nfe, step=step) + ([unguided] if unguided else [])
+
+
 def sweep(folder: Path, nfe: int, step: int | None = None) -> list[dict[str, Any]]:
     solver = best_solver(folder, GM_SOLVERS + FM_SOLVERS, nfe, step)
     return [p for p in load_points(folder, f"val_{solver}_{nfe}", step) if p["nfe"] == nfe] if solver else []
@@ -834,9 +840,7 @@ def fd_sd_coefficient(folder: Path, nfe: int, step: int | None = None) -> float 
     """c in FD sd ~ c * sqrt(FD): the median over the run's bootstrapped test points at ``nfe``. A sweep point
     has no bootstrap of its own (val points only choose); at a fixed sample count the FD's spread grows
     like its square root (its leading term is the mean difference seen through the sampling noise)."""
-    unguided = test_point(folder, nfe, step=step)
-    tests = guided_tests(folder, nfe, step=step) + ([unguided] if unguided else [])
-    ratios = [p["test"]["fd_sd"] / math.sqrt(p["test"]["fd"]) for p in tests
+    ratios = [p["test"]["fd_sd"] / math.sqrt(p["test"]["fd"]) for p in reported_tests(folder, nfe, step=step)
               if p["test"].get("fd_sd") and p["test"]["fd"] > 0]
     return statistics.median(ratios) if ratios else None
 
@@ -885,18 +889,20 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
         if nfe in (4, 6, 8):
             targets[f"T1_nfe{nfe}"] = target(gm["test"]["fd"] if gm else None, fm["test"]["fd"] if fm else None,
                                              "lower", *difference_sd(gm, fm))
-    gm6, fm6 = best_precision_point(gm_dir, 6, step=step), best_precision_point(fm_dir, 6, step=step)
+    swept = guidance_nfes(gm_dir, fm_dir, step=step)
+    # The best-precision test point of each side at each guided NFE: read once, for T2, Table 4 and T3.
+    best_at = {(m, nfe): best_precision_point(folder, nfe, step=step)
+               for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)) for nfe in {6, *swept}}
+    gm6, fm6 = best_at["gmflow", 6], best_at["fm", 6]
     targets["T2_precision_nfe6"] = target(gm6 and gm6["test"]["precision"], fm6 and fm6["test"]["precision"],
                                           "higher", *difference_sd(gm6, fm6, "precision"))
     table4 = {}
-    swept = guidance_nfes(gm_dir, fm_dir, step=step)
     for nfe in swept:
         for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)):
-            unguided = test_point(folder, nfe, step=step)
-            tests = guided_tests(folder, nfe, step=step) + ([unguided] if unguided else [])
+            tests = reported_tests(folder, nfe, step=step)
             if not tests:
                 continue
-            best_p = best_precision_point(folder, nfe, step=step)
+            best_p = best_at[m, nfe]
             entry = {"best_fd": min(p["test"]["fd"] for p in tests),
                      "best_precision": best_p["test"]["precision"] if best_p else None,
                      "best_precision_sd": best_p["test"]["precision_sd"] if best_p else None,
@@ -910,8 +916,7 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
             pg, cfg = table4.get(f"gmflow NFE {nfe}"), table4.get(f"fm NFE {nfe}")
             targets[f"T3_precision_nfe{nfe}"] = target(
                 pg and pg["best_precision"], cfg and cfg["best_precision"], "higher",
-                *difference_sd(best_precision_point(gm_dir, nfe, step=step),
-                               best_precision_point(fm_dir, nfe, step=step), "precision"))
+                *difference_sd(best_at.get(("gmflow", nfe)), best_at.get(("fm", nfe)), "precision"))
             sat = lambda e: abs(e["saturation_minus_real_at_best_precision"]) if e and \
                 "saturation_minus_real_at_best_precision" in e else None  # noqa: E731
             sat_sd = lambda e: e.get("saturation_sd_at_best_precision") if e else None  # noqa: E731
