@@ -983,6 +983,40 @@ def targets_md(targets: dict[str, Any]) -> str:
     return md
 
 
+def seeds_text(t: dict[str, Any]) -> str:
+    """'1 seed' / 'N seeds': over how many training seeds a combined target (:func:`combine_seeds`) was taken."""
+    n = len(t.get("seeds", {})) or 1
+    return f"{n} seed" + ("s" if n > 1 else "")
+
+
+def verdicts_md(testbeds: dict[str, dict[str, Any]]) -> str:
+    """One table of every target's verdict, target by testbed: met or not, GMFlow's (PG's) figure against FM's
+    (CFG's) with the spread of the difference, whether the gap is beyond twice that spread, and over how many
+    training seeds; a curve target gives its per-seed verdicts only. Empty when no testbed has targets."""
+    names = [n for n, t in testbeds.items() if t.get("targets")]
+    if not names:
+        return ""
+    ids = sorted(dict.fromkeys(tid for n in names for tid in testbeds[n]["targets"]), key=lambda t: t.split("_")[0])
+    md = ("| target | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n")
+    for tid in ids:
+        cells = []
+        for n in names:
+            t = testbeds[n]["targets"].get(tid)
+            if t is None:
+                cells.append("")
+            elif t["met"] is None:
+                cells.append("not measured")
+            elif isinstance(t["value"], (list, dict)):
+                cells.append(("**met**" if t["met"] else "not met") + f" (curve; {seeds_text(t)})")
+            else:
+                spread = f" +- {t['spread']:.3g}" if t.get("spread") is not None else ""
+                sig = ", significant" if t.get("significant") else ""
+                cells.append(("**met**" if t["met"] else "not met")
+                             + f": {t['value']:.3g} vs {t['bound']:.3g}{spread}{sig} ({seeds_text(t)})")
+        md += f"| {tid} | " + " | ".join(cells) + " |\n"
+    return md
+
+
 def curve_summary(value: dict[str, list[dict]] | list[dict]) -> str:
     """Per seed: at how many of the compared precisions PG's FD is above / below CFG's, and how many of those
     gaps exceed twice their estimated spread (:func:`curve_dominance`)."""
@@ -1222,6 +1256,12 @@ def report(args) -> None:
         if grid:
             md.append(f"\n![{name} samples]({grid.name})\n")
         md.append("\n")
+    verdicts = verdicts_md(payload["testbeds"])
+    if verdicts:
+        # Right after the introduction: the answer first, the evidence in the sections below.
+        md.insert(2, "## Verdicts\n\nEach target over the training seeds evaluated (mean of the seeds): GMFlow's (PG's) "
+                  "figure vs FM's (CFG's) +- the spread of the difference; significant = beyond twice it.\n\n"
+                  + verdicts + "\n")
     figure = plot(fig_rows, out / "claims.png")
     if figure is None and any("carried_over" in e for e in payload["testbeds"].values()):
         figure = out / CARRIED_FIGURE

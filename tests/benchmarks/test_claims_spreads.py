@@ -101,3 +101,19 @@ def test_a_target_says_whether_its_spread_is_paired_and_seeds_keep_it():
     assert combined["spread_paired"] is False  # one seed's spread is not paired
     assert combined["seeds"]["0"]["spread_paired"] is True and combined["seeds"]["1"]["spread_paired"] is False
     assert "(paired)" in claims.targets_md({"T1": t}) and "(paired)" not in claims.targets_md({"T1": combined})
+
+
+def test_the_verdict_table_gives_each_testbeds_verdict_with_its_numbers_and_seeds():
+    two_seeds = claims.combine_seeds({0: {"T1_nfe4": claims.target(10.0, 20.0, "lower", 2.0, paired=True)},
+                                      1: {"T1_nfe4": claims.target(12.0, 22.0, "lower", 2.0, paired=True)}})
+    curve = {"value": [{"pg_fd": 5.0, "cfg_fd": 4.0}], "bound": "CFG", "better": "lower", "met": False,
+             "seeds": {"0": {"met": False}}}
+    testbeds = {"a": {"targets": {"T4_x": claims.target(3.0, 2.0, "lower", 4.0), **two_seeds}},
+                "b": {"targets": {"T3_curve": curve}}, "untrained": {}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in claims.verdicts_md(testbeds).splitlines()}
+    assert "untrained" not in rows["target"]
+    assert list(rows)[2:] == ["T1_nfe4", "T3_curve", "T4_x"]  # sorted by target, whatever order a testbed has
+    assert "**met**: 11 vs 21" in rows["T1_nfe4"] and "significant (2 seeds)" in rows["T1_nfe4"]
+    assert "not met: 3 vs 2 +- 4 (1 seed)" in rows["T4_x"] and "significant" not in rows["T4_x"]
+    assert "not met (curve; 1 seed)" in rows["T3_curve"] and rows["T3_curve"].count("|") == 4
+    assert claims.verdicts_md({"untrained": {}}) == ""
