@@ -879,8 +879,11 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
     ``step``: both runs' points at that training step (default: each run's current checkpoint)."""
     targets: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
+    # The unguided test point of each side at each NFE: read once, for the table, T1 and T4.
+    tested = {(m, nfe): test_point(folder, nfe, step=step)
+              for m, folder in (("gmflow", gm_dir), ("fm", fm_dir)) for nfe in NFES}
     for nfe in NFES:
-        gm, fm = test_point(gm_dir, nfe, step=step), test_point(fm_dir, nfe, step=step)
+        gm, fm = tested["gmflow", nfe], tested["fm", nfe]
         for m, p in (("gmflow", gm), ("fm", fm)):
             if p is not None:
                 rows[f"{m} NFE {nfe}"] = {"solver": p["solver"], "FD": p["test"]["fd"], "FD sd": p["test"]["fd_sd"],
@@ -929,7 +932,7 @@ def pair_results(name: str, gm_dir: Path, fm_dir: Path, step: int | None = None)
             targets[f"T3_fd_at_equal_precision_nfe{nfe}"] = {
                 "value": curve_rows, "bound": "CFG's FD at each precision both curves reach", "better": "lower",
                 "met": dominated}
-    gm8, gm32 = test_point(gm_dir, 8, step=step), test_point(gm_dir, 32, step=step)
+    gm8, gm32 = tested["gmflow", 8], tested["gmflow", 32]
     targets["T4_nfe32_not_worse_than_nfe8"] = target(gm32 and gm32["test"]["fd"], gm8 and gm8["test"]["fd"], "lower",
                                                      *difference_sd(gm32, gm8))
     return rows, targets, table4
@@ -1259,8 +1262,8 @@ def report(args) -> None:
     verdicts = verdicts_md(payload["testbeds"])
     if verdicts:
         # Right after the introduction: the answer first, the evidence in the sections below.
-        md.insert(2, "## Verdicts\n\nEach target over the training seeds evaluated (mean of the seeds): GMFlow's (PG's) "
-                  "figure vs FM's (CFG's) +- the spread of the difference; significant = beyond twice it.\n\n"
+        md.insert(2, "## Verdicts\n\nEach target over the training seeds evaluated (mean of the seeds): GMFlow's "
+                  "(PG's) figure vs FM's (CFG's) +- the spread of the difference; significant = beyond twice it.\n\n"
                   + verdicts + "\n")
     figure = plot(fig_rows, out / "claims.png")
     if figure is None and any("carried_over" in e for e in payload["testbeds"].values()):
