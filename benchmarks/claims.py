@@ -336,7 +336,8 @@ def point(measure: Measure, trained, folder: Path, key: str, solver: str, nfe: i
     np.savez_compressed(path.with_suffix(".npz"),
                         images=((images[order] + 1) * 127.5).round().to(torch.uint8).numpy())
     write_json(path, result)
-    print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.get("val", result["test"]).items()},
+    shown = result.get("val", result["test"])  # the scalar metrics; the bootstrap replicates stay in the file
+    print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in shown.items() if not isinstance(v, list)},
           f"{seconds:.0f} s", flush=True)
     return result
 
