@@ -522,6 +522,9 @@ def best_solver(folder: Path, solvers, nfe: int, step: int | None = None) -> str
 
 def best_guided(folder: Path, solver: str, nfe: int, criterion: str,
                 step: int | None = None) -> dict[str, Any] | None:
+    """The val point of ``solver`` at ``nfe`` (unguided or guided) with the lowest FD (``criterion="fd"``) or the
+    highest precision; a tie goes to the first point in key order (so PG's orthogonal 0 before 1: precision is a
+    count over the samples, and equal values happen)."""
     found = [p for p in load_points(folder, f"val_{solver}_{nfe}", step) if p["nfe"] == nfe]
     if not found:
         return None
